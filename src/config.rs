@@ -1,0 +1,137 @@
+//! The one configuration struct: command-line flags with environment fallbacks.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which I/O backend the workers run on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoMode {
+    /// Probe io_uring at startup and fall back to epoll when it is unavailable.
+    Auto,
+    /// tokio-uring (io_uring); exit with an error if the kernel or seccomp forbids it.
+    Uring,
+    /// tokio current-thread runtimes (epoll).
+    Epoll,
+}
+
+/// ringws: a thread-per-core WebSocket echo server (io_uring, with an epoll fallback).
+///
+/// Every option can also be set through the environment variable named in
+/// brackets; a command-line flag wins over the environment.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "ringws", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "RINGWS_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// TCP port to listen on (Knative sets PORT). 0 picks a free port.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// URL path that accepts WebSocket upgrades.
+    #[arg(long, env = "RINGWS_PATH", default_value = "/ws")]
+    pub path: String,
+
+    /// Worker threads, each with its own runtime and SO_REUSEPORT listener
+    /// [default: available parallelism, which honours cgroup CPU quotas].
+    #[arg(long, env = "RINGWS_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// I/O backend: `auto` prefers the backend that measured cheaper per message
+    /// and falls back to epoll when io_uring is unavailable.
+    #[arg(long = "io", env = "RINGWS_IO", value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+
+    /// Most WebSocket sessions open at once (whole process); further upgrades
+    /// get 503 with Retry-After [default: the open-file limit minus a reserve].
+    #[arg(long, env = "RINGWS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Largest message accepted, in bytes, summed over its fragments; bigger
+    /// ones are answered with Close 1009.
+    #[arg(long, env = "RINGWS_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
+    pub max_message_size: usize,
+
+    /// A peer silent this long gets a Ping; silent for as long again, it is
+    /// closed with 1001. `0s` disables.
+    #[arg(long, env = "RINGWS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time allowed for a client to send its HTTP request headers (slowloris
+    /// defence); also closes idle keep-alive HTTP connections.
+    #[arg(long, env = "RINGWS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time a session may take to answer our Close frame before TCP is closed.
+    #[arg(long, env = "RINGWS_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long to wait for sessions to finish their
+    /// close handshakes before exiting.
+    #[arg(long, env = "RINGWS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringws=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Default for Config {
+    /// The defaults of the command line, ignoring the environment.
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            path: "/ws".to_owned(),
+            workers: None,
+            io: IoMode::Auto,
+            max_connections: None,
+            max_message_size: 16 << 20,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Worker count: `--workers`, or the parallelism available to this process.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_defaults_match_default_impl() {
+        let parsed = Config::parse_from(["ringws"]);
+        let default = Config::default();
+        // PORT or RINGWS_* may be set in the environment running the tests.
+        if std::env::vars().all(|(k, _)| k != "PORT" && !k.starts_with("RINGWS_")) {
+            assert_eq!(parsed.port, default.port);
+            assert_eq!(parsed.path, default.path);
+            assert_eq!(parsed.max_message_size, default.max_message_size);
+            assert_eq!(parsed.idle_timeout, default.idle_timeout);
+            assert_eq!(parsed.drain_timeout, default.drain_timeout);
+            assert_eq!(parsed.io, default.io);
+        }
+    }
+
+    #[test]
+    fn durations_parse_humantime() {
+        let c = Config::parse_from(["ringws", "--drain-timeout", "1500ms", "--io", "epoll"]);
+        assert_eq!(c.drain_timeout, Duration::from_millis(1500));
+        assert_eq!(c.io, IoMode::Epoll);
+    }
+}

@@ -1,0 +1,151 @@
+//! I/O backends: which one runs, why, and the runtime each worker builds.
+//!
+//! Both backends hand the rest of the server a stream that implements tokio's
+//! `AsyncRead + AsyncWrite + Unpin`; nothing above this module knows which
+//! backend it runs on.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use crate::config::IoMode;
+
+pub mod epoll;
+pub mod prefixed;
+pub mod uring;
+
+/// The I/O backend the workers run on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// tokio-uring: completion-based io_uring, one ring per worker.
+    Uring,
+    /// tokio current-thread runtimes: readiness-based epoll.
+    Epoll,
+}
+
+impl Backend {
+    /// Short name used in logs and the `/metrics` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backend `--io auto` picks when io_uring is available.
+///
+/// Decided by measurement (README, "Performance"): until the benchmarks of
+/// the real server show otherwise, io_uring is preferred.
+pub const AUTO_PREFERS: Backend = Backend::Uring;
+
+/// The outcome of [`choose`].
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// The backend to run.
+    pub backend: Backend,
+    /// Ring settings when `backend` is io_uring.
+    pub uring: Option<uring::RingFlags>,
+    /// Set when `--io auto` fell back to epoll: why io_uring could not be used.
+    pub fallback: Option<String>,
+}
+
+/// io_uring was requested with `--io uring` but cannot be used here.
+#[derive(Debug)]
+pub struct UringUnavailable(pub String);
+
+impl fmt::Display for UringUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "--io uring: io_uring is unavailable: {} (use --io epoll or --io auto)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UringUnavailable {}
+
+/// Resolves `--io` to a backend, probing io_uring when it may be used.
+pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
+    let epoll = |fallback| Choice {
+        backend: Backend::Epoll,
+        uring: None,
+        fallback,
+    };
+    match mode {
+        IoMode::Epoll => Ok(epoll(None)),
+        IoMode::Auto if AUTO_PREFERS == Backend::Epoll => Ok(epoll(None)),
+        IoMode::Uring | IoMode::Auto => match uring::probe() {
+            Ok(flags) => Ok(Choice {
+                backend: Backend::Uring,
+                uring: Some(flags),
+                fallback: None,
+            }),
+            Err(why) if mode == IoMode::Auto => Ok(epoll(Some(why))),
+            Err(why) => Err(UringUnavailable(why)),
+        },
+    }
+}
+
+/// Runs `f` to completion on this thread, on a fresh single-threaded runtime
+/// of the chosen backend. Inside, `tokio::task::spawn_local`, `tokio::time`
+/// and `tokio::sync` work on both backends.
+pub fn block_on<F: Future>(choice: &Choice, f: F) -> io::Result<F::Output> {
+    match (choice.backend, &choice.uring) {
+        (Backend::Uring, Some(flags)) => uring::block_on(flags, f),
+        _ => epoll::block_on(f),
+    }
+}
+
+/// A byte stream the HTTP and WebSocket layers can run on.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> Stream for T {}
+
+/// What an accept loop hands each accepted connection to.
+pub trait Handler {
+    /// Takes ownership of a freshly accepted connection (TCP_NODELAY set).
+    fn handle<S: Stream>(&self, io: S);
+}
+
+/// Accepts connections on `listener` forever, on the running backend.
+pub async fn accept_loop<H: Handler>(
+    backend: Backend,
+    listener: std::net::TcpListener,
+    handler: H,
+) -> io::Result<()> {
+    match backend {
+        Backend::Uring => uring::accept_loop(listener, handler).await,
+        Backend::Epoll => epoll::accept_loop(listener, handler).await,
+    }
+}
+
+/// What an accept loop does after `accept` failed: out of file descriptors
+/// or memory, it backs off for a while rather than spin (the listener stays
+/// readable while the backlog is full); other errors concern one connection
+/// and the loop goes on at once.
+async fn accept_failed(err: io::Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    let resource = matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12));
+    if !resource {
+        tracing::debug!(error = %err, "accept failed");
+        return;
+    }
+    // One warning per second at most, whatever the number of workers.
+    static LAST_WARN: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARN.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(error = %err, "accept failed for lack of resources; backing off");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

@@ -1,0 +1,367 @@
+//! The io_uring backend: tokio-uring runtimes and a poll adapter over its
+//! completion-based `TcpStream`.
+//!
+//! # How the adapter works
+//!
+//! tokio-uring hands a buffer to the kernel with each operation and gives it
+//! back on completion; hyper and fastwebsockets want poll-based
+//! `AsyncRead`/`AsyncWrite`. [`UringStream`] keeps at most one read and one
+//! write operation in flight. Each operation's future lives inline in the
+//! (boxed once per connection) adapter, so polling never allocates.
+//!
+//! * **Read**: `poll_read` first hands out bytes left from the last
+//!   completion; otherwise it polls the in-flight read, or starts one into the
+//!   adapter's own buffer and polls it. A read that is in flight when the
+//!   caller stops polling (a `select!` that picked another branch) stays in
+//!   flight and is picked up by the next `poll_read`: nothing is lost. The
+//!   buffer starts at 64 bytes, grows fourfold whenever a read fills it (up to
+//!   64 KiB) and drops back to 64 bytes after a small read, so an idle
+//!   connection pins only a small buffer in its pending read.
+//! * **Write**: `poll_write` copies the caller's bytes into a staging buffer
+//!   and returns at once (write-behind); a `write_all` operation sends the
+//!   staged bytes, and bytes written meanwhile are staged behind it and sent
+//!   by the next operation, so several frames go out in one `send`. Staging is
+//!   bounded: past 64 KiB `poll_write` waits. `poll_flush` waits until all is
+//!   sent; a failed send is reported by the next write or flush.
+//! * **Drop**: dropping an in-flight operation does not cancel it, and its
+//!   completion keeps the socket open; the adapter therefore shuts the socket
+//!   down when dropped with an operation pending, which completes it.
+
+use std::future::Future;
+use std::io;
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_uring::net::TcpStream;
+
+use super::Handler;
+
+/// Ring settings found to work by [`probe`].
+#[derive(Copy, Clone, Debug)]
+pub struct RingFlags {
+    /// `IORING_SETUP_COOP_TASKRUN`: completions are delivered without an
+    /// inter-processor interrupt (Linux ≥ 5.19). Measured to cut CPU per
+    /// message by ~30 % (DESIGN.md); always set when the kernel has it.
+    pub coop_taskrun: bool,
+    /// Submission queue entries per ring.
+    pub entries: u32,
+}
+
+const ENTRIES: u32 = 1024;
+
+fn ring_builder(coop_taskrun: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if coop_taskrun {
+        b.setup_coop_taskrun();
+    }
+    b
+}
+
+/// Tries to create a ring the way the workers will; explains a failure.
+pub fn probe() -> Result<RingFlags, String> {
+    let flags = |coop_taskrun| RingFlags {
+        coop_taskrun,
+        entries: ENTRIES,
+    };
+    match ring_builder(true).build(8) {
+        Ok(_) => Ok(flags(true)),
+        // Kernels before 5.19 reject COOP_TASKRUN with EINVAL.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => match ring_builder(false).build(8) {
+            Ok(_) => Ok(flags(false)),
+            Err(e) => Err(explain(&e)),
+        },
+        Err(e) => Err(explain(&e)),
+    }
+}
+
+/// Why `io_uring_setup` failed, in words an operator can act on.
+fn explain(e: &io::Error) -> String {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    match e.raw_os_error() {
+        Some(1) if sysctl == "2" => {
+            "io_uring_setup: EPERM: disabled by sysctl kernel.io_uring_disabled=2".to_owned()
+        }
+        Some(1) if sysctl == "1" => "io_uring_setup: EPERM: kernel.io_uring_disabled=1 and this \
+                                     process is not in kernel.io_uring_group"
+            .to_owned(),
+        Some(1) => "io_uring_setup: EPERM: blocked by the seccomp profile (the default profiles \
+                    of Docker >= 25 and containerd >= 2.0 forbid io_uring)"
+            .to_owned(),
+        Some(38) => "io_uring_setup: ENOSYS: this kernel has no io_uring".to_owned(),
+        Some(12) => {
+            "io_uring_setup: ENOMEM: the locked-memory limit (RLIMIT_MEMLOCK) is too low".to_owned()
+        }
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// Runs `f` on a new tokio-uring runtime (never `tokio_uring::start`, which
+/// panics when io_uring is unavailable).
+pub fn block_on<F: Future>(flags: &RingFlags, f: F) -> io::Result<F::Output> {
+    let mut builder = tokio_uring::builder();
+    builder
+        .entries(flags.entries)
+        .uring_builder(&ring_builder(flags.coop_taskrun));
+    let rt = tokio_uring::Runtime::new(&builder)?;
+    Ok(rt.block_on(f))
+}
+
+/// Accepts on `listener` forever; the stream is a boxed [`UringStream`].
+pub async fn accept_loop<H: Handler>(
+    listener: std::net::TcpListener,
+    handler: H,
+) -> io::Result<()> {
+    let listener = tokio_uring::net::TcpListener::from_std(listener);
+    loop {
+        // Never cancelled: tokio-uring's accept is not cancellation-safe.
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                handler.handle(UringStream::boxed(stream));
+            }
+            Err(e) => super::accept_failed(e).await,
+        }
+    }
+}
+
+/// Smallest read buffer, used while a connection is idle.
+const READ_MIN: usize = 64;
+/// Largest read buffer.
+const READ_MAX: usize = 64 << 10;
+/// Staged write bytes beyond which `poll_write` waits for the socket.
+const WRITE_HIGH_WATER: usize = 64 << 10;
+/// Write buffers larger than this are released after use rather than kept.
+const WRITE_RETAIN: usize = 64 << 10;
+
+type ReadOutput = (io::Result<usize>, Vec<u8>);
+type WriteOutput = (io::Result<()>, Vec<u8>);
+
+async fn read_op(stream: Rc<TcpStream>, buf: Vec<u8>) -> ReadOutput {
+    stream.read(buf).await
+}
+
+async fn write_op(stream: Rc<TcpStream>, buf: Vec<u8>) -> WriteOutput {
+    stream.write_all(buf).await
+}
+
+pin_project! {
+    /// tokio `AsyncRead + AsyncWrite` over a tokio-uring `TcpStream`
+    /// (see the module documentation).
+    ///
+    /// `R` and `W` are the types of the read and write operation futures;
+    /// they are unnameable, so the adapter is built by [`UringStream::boxed`].
+    pub struct UringStream<R, W> {
+        stream: Rc<TcpStream>,
+        // Bytes of the last completed read not yet handed out: rbuf[rpos..].
+        rbuf: Vec<u8>,
+        rpos: usize,
+        // Capacity of the next read.
+        rcap: usize,
+        #[pin]
+        read: Option<R>,
+        // Bytes staged for the next write operation.
+        wnext: Vec<u8>,
+        // The buffer of the last completed write, reused for staging.
+        wspare: Vec<u8>,
+        #[pin]
+        write: Option<W>,
+        // A failed write poisons the stream: later writes report this.
+        werr: Option<io::ErrorKind>,
+        new_read: fn(Rc<TcpStream>, Vec<u8>) -> R,
+        new_write: fn(Rc<TcpStream>, Vec<u8>) -> W,
+    }
+
+    impl<R, W> PinnedDrop for UringStream<R, W> {
+        fn drop(this: Pin<&mut Self>) {
+            if this.read.is_some() || this.write.is_some() {
+                // Completes the pending operations, which otherwise keep
+                // the socket open until the peer sends something.
+                let _ = this.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl UringStream<(), ()> {
+    /// Wraps an accepted stream. Boxed once per connection so the adapter is
+    /// `Unpin` and its inline operation futures never move.
+    #[allow(clippy::type_complexity)]
+    pub fn boxed(
+        stream: TcpStream,
+    ) -> Pin<Box<UringStream<impl Future<Output = ReadOutput>, impl Future<Output = WriteOutput>>>>
+    {
+        Box::pin(UringStream {
+            stream: Rc::new(stream),
+            rbuf: Vec::new(),
+            rpos: 0,
+            rcap: READ_MIN,
+            read: None,
+            wnext: Vec::new(),
+            wspare: Vec::new(),
+            write: None,
+            werr: None,
+            new_read: read_op as fn(_, _) -> _,
+            new_write: write_op as fn(_, _) -> _,
+        })
+    }
+}
+
+impl<R, W> UringStream<R, W>
+where
+    W: Future<Output = WriteOutput>,
+{
+    /// Drives the write side: completes the in-flight operation and starts
+    /// the next one for staged bytes. `Ready(Ok)` means everything staged has
+    /// been sent; `Pending` that an operation is in flight (waker registered).
+    fn poll_write_progress(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        loop {
+            if let Some(kind) = *this.werr {
+                return Poll::Ready(Err(kind.into()));
+            }
+            if let Some(op) = this.write.as_mut().as_pin_mut() {
+                let (res, mut buf) = ready!(op.poll(cx));
+                this.write.set(None);
+                if buf.capacity() <= WRITE_RETAIN {
+                    buf.clear();
+                    *this.wspare = buf;
+                }
+                if let Err(e) = res {
+                    *this.werr = Some(e.kind());
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if this.wnext.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let staged = std::mem::replace(this.wnext, std::mem::take(this.wspare));
+            this.write
+                .set(Some((this.new_write)(this.stream.clone(), staged)));
+        }
+    }
+
+    fn poll_stage(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        stage: impl FnOnce(&mut Vec<u8>) -> usize,
+    ) -> Poll<io::Result<usize>> {
+        match self.as_mut().poll_write_progress(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if self.wnext.len() >= WRITE_HIGH_WATER => return Poll::Pending,
+            _ => {}
+        }
+        let n = stage(self.as_mut().project().wnext);
+        // Starts (and registers) the operation for what was just staged.
+        if let Poll::Ready(Err(e)) = self.poll_write_progress(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<R, W> AsyncRead for UringStream<R, W>
+where
+    R: Future<Output = ReadOutput>,
+    W: Future<Output = WriteOutput>,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Staged writes are sent by whoever polls next: a session waiting to
+        // read must also push out what it wrote (a failure is kept in `werr`
+        // for the next write).
+        if self.write.is_some() || !self.wnext.is_empty() {
+            let _ = self.as_mut().poll_write_progress(cx);
+        }
+        let mut this = self.project();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if *this.rpos < this.rbuf.len() {
+                let n = out.remaining().min(this.rbuf.len() - *this.rpos);
+                out.put_slice(&this.rbuf[*this.rpos..*this.rpos + n]);
+                *this.rpos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(op) = this.read.as_mut().as_pin_mut() {
+                let (res, buf) = ready!(op.poll(cx));
+                this.read.set(None);
+                *this.rbuf = buf;
+                *this.rpos = 0;
+                let n = res?;
+                if n == 0 {
+                    return Poll::Ready(Ok(())); // end of stream
+                }
+                *this.rcap = if n == this.rbuf.capacity() {
+                    (*this.rcap * 4).min(READ_MAX)
+                } else if n <= READ_MIN {
+                    READ_MIN
+                } else {
+                    *this.rcap
+                };
+                continue;
+            }
+            let mut buf = std::mem::take(this.rbuf);
+            buf.clear();
+            if buf.capacity() != *this.rcap {
+                buf = Vec::with_capacity(*this.rcap);
+            }
+            *this.rpos = 0;
+            this.read
+                .set(Some((this.new_read)(this.stream.clone(), buf)));
+        }
+    }
+}
+
+impl<R, W> AsyncWrite for UringStream<R, W>
+where
+    W: Future<Output = WriteOutput>,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_stage(cx, |staged| {
+            staged.extend_from_slice(buf);
+            buf.len()
+        })
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_stage(cx, |staged| {
+            bufs.iter()
+                .map(|b| {
+                    staged.extend_from_slice(b);
+                    b.len()
+                })
+                .sum()
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_write_progress(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_write_progress(cx))?;
+        Poll::Ready(self.stream.shutdown(Shutdown::Write))
+    }
+}

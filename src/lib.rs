@@ -1,0 +1,43 @@
+//! ringws: a thread-per-core WebSocket echo server for Knative.
+//!
+//! Layout, one concern per module:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the one configuration struct (flags with env fallbacks) |
+//! | [`server`] | backend choice, listeners, worker threads, start and stop |
+//! | `listener` | one SO_REUSEPORT listener per worker |
+//! | `worker` | a worker's runtime, accept loop, session count, drain |
+//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll |
+//! | `http` | hyper http1 per connection: routes, probes, metrics, upgrade hand-off |
+//! | [`upgrade`] | handshake validation and the accept key |
+//! | `session` | the echo loop on fastwebsockets; never knows the backend |
+//! | [`utf8`] | incremental UTF-8 validation across fragments |
+//! | [`metrics`] | per-worker counters summed on scrape |
+//! | [`drain`] | drain phases and signals |
+//!
+//! Start a server in-process (tests do this):
+//!
+//! ```no_run
+//! let config = ringws::Config { port: 0, ..Default::default() };
+//! let server = ringws::Server::bind(config)?.start()?;
+//! println!("ws://{}/ws", server.local_addr());
+//! server.shutdown()?; // drain: Close 1001 to every session, then stop
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod drain;
+mod http;
+pub mod io;
+mod listener;
+pub mod metrics;
+pub mod server;
+mod session;
+pub mod upgrade;
+pub mod utf8;
+mod worker;
+
+pub use config::{Config, IoMode};
+pub use io::Backend;
+pub use server::{DrainHandle, Error, RunningServer, Server};

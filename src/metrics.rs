@@ -1,0 +1,281 @@
+//! Counters kept per worker and summed when `/metrics` is scraped.
+//!
+//! Each worker thread owns one [`WorkerMetrics`] and is its only writer, so an
+//! increment is a plain load and store on a cache line no other thread writes
+//! (no locked instruction on the per-message path). A scrape on any thread
+//! reads every worker's counters with relaxed loads and sums them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::io::Backend;
+
+/// A counter with a single writer thread: increments are not atomic
+/// read-modify-writes, so only the owning worker may call [`LocalCounter::add`].
+#[derive(Debug, Default)]
+pub struct LocalCounter(AtomicU64);
+
+impl LocalCounter {
+    /// Adds `n`. Must only be called from the thread that owns this counter.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// The current value, from any thread.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Why a request to the WebSocket path did not become a session.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not a GET request.
+    Method,
+    /// No `Upgrade: websocket` (answered 426).
+    NotUpgrade,
+    /// `Connection` header without the `upgrade` token.
+    ConnectionHeader,
+    /// `Sec-WebSocket-Version` missing or not 13 (answered 426).
+    Version,
+    /// `Sec-WebSocket-Key` missing or not 16 bytes of base64.
+    Key,
+    /// Not HTTP/1.1.
+    HttpVersion,
+    /// `--max-connections` reached (answered 503).
+    Capacity,
+    /// The server is draining (answered 503).
+    Draining,
+    /// The request headers did not arrive within `--handshake-timeout`.
+    Timeout,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in label order.
+    pub const ALL: [HandshakeFailure; 9] = [
+        HandshakeFailure::Method,
+        HandshakeFailure::NotUpgrade,
+        HandshakeFailure::ConnectionHeader,
+        HandshakeFailure::Version,
+        HandshakeFailure::Key,
+        HandshakeFailure::HttpVersion,
+        HandshakeFailure::Capacity,
+        HandshakeFailure::Draining,
+        HandshakeFailure::Timeout,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Method => "method",
+            HandshakeFailure::NotUpgrade => "not_upgrade",
+            HandshakeFailure::ConnectionHeader => "connection_header",
+            HandshakeFailure::Version => "version",
+            HandshakeFailure::Key => "key",
+            HandshakeFailure::HttpVersion => "http_version",
+            HandshakeFailure::Capacity => "capacity",
+            HandshakeFailure::Draining => "draining",
+            HandshakeFailure::Timeout => "timeout",
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    /// TCP connections accepted.
+    pub accepted: LocalCounter,
+    /// WebSocket sessions started (101 sent).
+    pub sessions: LocalCounter,
+    /// Data frames received (text, binary, continuation).
+    pub frames_in: LocalCounter,
+    /// Payload bytes received in data frames.
+    pub bytes_in: LocalCounter,
+    /// Data frames echoed.
+    pub frames_out: LocalCounter,
+    /// Payload bytes echoed.
+    pub bytes_out: LocalCounter,
+    /// Close frames sent, by our choice or in reply.
+    pub closes_sent: LocalCounter,
+    /// Handshake failures, indexed like [`HandshakeFailure::ALL`].
+    pub handshake_failures: [LocalCounter; 9],
+}
+
+impl WorkerMetrics {
+    /// Counts one failed handshake.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].add(1);
+    }
+}
+
+/// Process-wide view: every worker's counters plus the shared gauges.
+#[derive(Debug)]
+pub struct Metrics {
+    /// One entry per worker, in worker order.
+    pub workers: Vec<Arc<WorkerMetrics>>,
+    /// WebSocket sessions open now (also the `--max-connections` count).
+    pub open_sessions: AtomicUsize,
+    /// The backend the workers run on.
+    pub backend: Backend,
+}
+
+impl Metrics {
+    /// Fresh counters for `workers` workers on `backend`.
+    pub fn new(workers: usize, backend: Backend) -> Self {
+        Metrics {
+            workers: (0..workers).map(|_| Arc::default()).collect(),
+            open_sessions: AtomicUsize::new(0),
+            backend,
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> &LocalCounter) -> u64 {
+        self.workers.iter().map(|w| f(w).get()).sum()
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut out = String::with_capacity(2048);
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug)]
+struct Scrape(Arc<Metrics>);
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.0;
+        let open = m.open_sessions.load(Relaxed) as i64;
+        gauge(
+            &mut enc,
+            "ringws_sessions_open",
+            "WebSocket sessions open now.",
+            open,
+        )?;
+        counter(
+            &mut enc,
+            "ringws_sessions",
+            "WebSocket sessions started.",
+            m.sum(|w| &w.sessions),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_connections_accepted",
+            "TCP connections accepted.",
+            m.sum(|w| &w.accepted),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_messages_received",
+            "Data frames received.",
+            m.sum(|w| &w.frames_in),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_received_bytes",
+            "Payload bytes received.",
+            m.sum(|w| &w.bytes_in),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_messages_sent",
+            "Data frames echoed.",
+            m.sum(|w| &w.frames_out),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_sent_bytes",
+            "Payload bytes echoed.",
+            m.sum(|w| &w.bytes_out),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_closes_sent",
+            "Close frames sent.",
+            m.sum(|w| &w.closes_sent),
+        )?;
+
+        let proto = ConstCounter::new(0u64);
+        let mut fam = enc.encode_descriptor(
+            "ringws_handshake_failures",
+            "Requests to the WebSocket path that did not become a session, by reason.",
+            None,
+            proto.metric_type(),
+        )?;
+        for (i, why) in HandshakeFailure::ALL.iter().enumerate() {
+            let labels = [("reason", why.label())];
+            let c = ConstCounter::new(m.sum(|w| &w.handshake_failures[i]));
+            c.encode(fam.encode_family(&labels.as_slice())?)?;
+        }
+
+        let info = ConstGauge::new(1i64);
+        let mut fam = enc.encode_descriptor(
+            "ringws_backend",
+            "The I/O backend in use (label), always 1.",
+            None,
+            info.metric_type(),
+        )?;
+        let labels = [("backend", m.backend.name())];
+        info.encode(fam.encode_family(&labels.as_slice())?)?;
+        gauge(
+            &mut enc,
+            "ringws_workers",
+            "Worker threads.",
+            m.workers.len() as i64,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_workers() {
+        let m = Arc::new(Metrics::new(2, Backend::Epoll));
+        m.workers[0].frames_in.add(3);
+        m.workers[1].frames_in.add(4);
+        m.workers[1].handshake_failed(HandshakeFailure::Key);
+        m.open_sessions.store(5, Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("ringws_messages_received_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_handshake_failures_total{reason=\"key\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("ringws_sessions_open 5\n"), "{text}");
+        assert!(
+            text.contains("ringws_backend{backend=\"epoll\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Starting and stopping the server: backend choice, listeners, worker
+//! threads, drain.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::io::{Backend, Choice, UringUnavailable};
+use crate::metrics::Metrics;
+use crate::{io as backends, listener, worker};
+
+/// File descriptors kept back from `--max-connections`' default for
+/// listeners, rings and plain HTTP connections.
+const FD_RESERVE: usize = 64;
+
+/// State shared by all workers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration the server was started with.
+    pub config: Config,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// The drain switch.
+    pub drain: Drain,
+    /// Effective `--max-connections`.
+    pub max_connections: usize,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum Error {
+    /// `--io uring` was asked for and io_uring is unavailable.
+    Uring(UringUnavailable),
+    /// Binding the listeners or starting a worker failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Uring(e) => e.fmt(f),
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    shared: Arc<Shared>,
+    choice: Choice,
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the new limit.
+fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
+
+impl Server {
+    /// Chooses the backend, raises the open-file limit and binds one
+    /// listener per worker. Logs the backend (and why, after a fallback).
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let choice = backends::choose(config.io).map_err(Error::Uring)?;
+        if let Some(why) = &choice.fallback {
+            tracing::warn!("io_uring unavailable, serving on epoll: {why}");
+        }
+        let nofile = raise_nofile_limit();
+        let capacity = usize::try_from(nofile)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(FD_RESERVE);
+        let max_connections = config.max_connections.unwrap_or(capacity);
+        let workers = config.worker_count();
+        let listeners = listener::bind(SocketAddr::new(config.bind, config.port), workers)?;
+        let local_addr = listeners[0].local_addr()?;
+        tracing::info!(
+            %local_addr,
+            backend = %choice.backend,
+            coop_taskrun = choice.uring.is_some_and(|f| f.coop_taskrun),
+            workers,
+            open_files = nofile,
+            max_connections,
+            "ringws listening on ws://{local_addr}{}",
+            config.path
+        );
+        if max_connections > capacity {
+            tracing::warn!(
+                max_connections,
+                capacity,
+                "--max-connections exceeds what the open-file limit allows"
+            );
+        }
+        let metrics = Arc::new(Metrics::new(workers, choice.backend));
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                drain: Drain::default(),
+                max_connections,
+            }),
+            choice,
+            listeners,
+            local_addr,
+        })
+    }
+
+    /// The address the listeners are bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The backend the workers will run on.
+    pub fn backend(&self) -> Backend {
+        self.choice.backend
+    }
+
+    /// Starts one thread per worker and returns at once.
+    pub fn start(self) -> io::Result<RunningServer> {
+        let mut threads = Vec::with_capacity(self.listeners.len());
+        for (id, listener) in self.listeners.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let choice = self.choice.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringws-w{id}"))
+                .spawn(move || {
+                    let res = worker::run(id, &choice, listener, shared.clone());
+                    if let Err(e) = &res {
+                        tracing::error!(worker = id, error = %e, "worker failed; draining");
+                        shared.drain.start();
+                    }
+                    res
+                })?;
+            threads.push(thread);
+        }
+        Ok(RunningServer {
+            shared: self.shared,
+            threads,
+            local_addr: self.local_addr,
+            backend: self.choice.backend,
+        })
+    }
+}
+
+/// A server whose workers are running.
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    local_addr: SocketAddr,
+    backend: Backend,
+}
+
+/// Starts the drain of a running server from any thread.
+#[derive(Clone, Debug)]
+pub struct DrainHandle(Arc<Shared>);
+
+impl DrainHandle {
+    /// Enters the draining phase (see [`crate::drain`]); idempotent.
+    pub fn drain(&self) {
+        self.0.drain.start();
+    }
+}
+
+impl RunningServer {
+    /// The address the listeners are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The backend the workers run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// A handle that starts the drain.
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle(self.shared.clone())
+    }
+
+    /// Starts the drain and waits for it to finish.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.shared.drain.start();
+        self.join()
+    }
+
+    /// Waits until every worker has stopped (after a drain, or on error).
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,104 @@
+//! One worker: a thread with its own runtime, listener and sessions.
+//!
+//! Connections never leave the worker that accepted them.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::io::{self, Choice, Handler, Stream};
+use crate::metrics::WorkerMetrics;
+use crate::server::Shared;
+use crate::{http, session};
+
+/// State a worker's connections share (never crosses threads).
+#[derive(Debug)]
+pub struct Worker {
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// This worker's counters (this thread is their only writer).
+    pub metrics: Arc<WorkerMetrics>,
+    /// This worker's open sessions.
+    pub sessions: crate::drain::LocalSessions,
+}
+
+/// A session's place in `--max-connections` and in its worker's count;
+/// released when dropped, however the session ends.
+#[derive(Debug)]
+pub struct SessionSlot(Rc<Worker>);
+
+impl SessionSlot {
+    /// Takes a place whose global count the caller has already incremented.
+    pub(crate) fn new(worker: Rc<Worker>) -> Self {
+        worker.sessions.enter();
+        worker.metrics.sessions.add(1);
+        SessionSlot(worker)
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0
+            .shared
+            .metrics
+            .open_sessions
+            .fetch_sub(1, Ordering::AcqRel);
+        self.0.sessions.leave();
+    }
+}
+
+impl Handler for Rc<Worker> {
+    fn handle<S: Stream>(&self, io: S) {
+        self.metrics.accepted.add(1);
+        tokio::task::spawn_local(connection(io, self.clone()));
+    }
+}
+
+/// A connection's life: the HTTP phase, then (if upgraded) the session.
+async fn connection<S: Stream>(io: S, worker: Rc<Worker>) {
+    // Boxed so the HTTP phase's state is not part of the long-lived session future.
+    let Some(up) = Box::pin(http::serve(io, &worker)).await else {
+        return;
+    };
+    session::run(up.io, &worker).await;
+    drop(up.slot);
+}
+
+/// Runs worker `id` on this thread until the drain completes.
+pub(crate) fn run(
+    id: usize,
+    choice: &Choice,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    let backend = choice.backend;
+    io::block_on(choice, async move {
+        let worker = Rc::new(Worker {
+            metrics: shared.metrics.workers[id].clone(),
+            shared: shared.clone(),
+            sessions: Default::default(),
+        });
+        let accept = tokio::task::spawn_local(io::accept_loop(backend, listener, worker.clone()));
+        tokio::select! {
+            () = shared.drain.started() => {}
+            res = accept => {
+                // The accept loop only ends on a setup error.
+                return res.map_err(std::io::Error::other).and_then(|r| r);
+            }
+        }
+        let open = worker.sessions.open();
+        tracing::debug!(worker = id, open, "draining");
+        let timeout = shared.config.drain_timeout;
+        if tokio::time::timeout(timeout, worker.sessions.close_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = id,
+                open = worker.sessions.open(),
+                "drain timeout: closing remaining sessions"
+            );
+        }
+        Ok(())
+    })?
+}
