@@ -241,7 +241,10 @@ async fn session_survives_cancelled_reads() {
         let bytes = masked(true, 2, &[7; 300]); // 16-bit length: 8-byte header
         s.write_all(&bytes[..3]).await.unwrap();
         let ping = read_frame(&mut s).await;
-        assert_eq!(ping.opcode, 9, "{io:?}: expected the idle Ping, got {ping:?}");
+        assert_eq!(
+            ping.opcode, 9,
+            "{io:?}: expected the idle Ping, got {ping:?}"
+        );
         s.write_all(&bytes[3..]).await.unwrap();
         let echo = read_frame(&mut s).await;
         assert_eq!((echo.opcode, echo.payload), (2, vec![7; 300]), "{io:?}");
