@@ -15,14 +15,17 @@
 //!   caller stops polling (a `select!` that picked another branch) stays in
 //!   flight and is picked up by the next `poll_read`: nothing is lost. The
 //!   buffer starts at 64 bytes, grows fourfold whenever a read fills it (up to
-//!   64 KiB) and drops back to 64 bytes after a small read, so an idle
-//!   connection pins only a small buffer in its pending read.
+//!   64 KiB) and drops back to 64 bytes after a run of 16 small reads, so a
+//!   connection that carries small messages pins only a small buffer in its
+//!   pending read, and mixed sizes do not reallocate per message.
 //! * **Write**: `poll_write` copies the caller's bytes into a staging buffer
 //!   and returns at once (write-behind); a `write_all` operation sends the
 //!   staged bytes, and bytes written meanwhile are staged behind it and sent
 //!   by the next operation, so several frames go out in one `send`. Staging is
 //!   bounded: past 64 KiB `poll_write` waits. `poll_flush` waits until all is
-//!   sent; a failed send is reported by the next write or flush.
+//!   sent; a failed send is reported by the next write or flush. `poll_read`
+//!   also drives the write side, since a session that wrote and went back to
+//!   reading polls nothing else.
 //! * **Drop**: dropping an in-flight operation does not cancel it, and its
 //!   completion keeps the socket open; the adapter therefore shuts the socket
 //!   down when dropped with an operation pending, which completes it.
@@ -132,6 +135,8 @@ pub async fn accept_loop<H: Handler>(
 
 /// Smallest read buffer, used while a connection is idle.
 const READ_MIN: usize = 64;
+/// Consecutive small reads after which the read buffer shrinks to `READ_MIN`.
+const SHRINK_AFTER: u8 = 16;
 /// Largest read buffer.
 const READ_MAX: usize = 64 << 10;
 /// Staged write bytes beyond which `poll_write` waits for the socket.
@@ -163,6 +168,8 @@ pin_project! {
         rpos: usize,
         // Capacity of the next read.
         rcap: usize,
+        // Consecutive reads of at most READ_MIN bytes.
+        small_reads: u8,
         #[pin]
         read: Option<R>,
         // Bytes staged for the next write operation.
@@ -201,6 +208,7 @@ impl UringStream<(), ()> {
             rbuf: Vec::new(),
             rpos: 0,
             rcap: READ_MIN,
+            small_reads: 0,
             read: None,
             wnext: Vec::new(),
             wspare: Vec::new(),
@@ -301,13 +309,19 @@ where
                 if n == 0 {
                     return Poll::Ready(Ok(())); // end of stream
                 }
-                *this.rcap = if n == this.rbuf.capacity() {
-                    (*this.rcap * 4).min(READ_MAX)
+                if n == this.rbuf.capacity() {
+                    *this.rcap = (*this.rcap * 4).min(READ_MAX);
+                    *this.small_reads = 0;
                 } else if n <= READ_MIN {
-                    READ_MIN
+                    // Shrink only after a run of small reads, so traffic that
+                    // mixes sizes does not reallocate per message.
+                    *this.small_reads = this.small_reads.saturating_add(1);
+                    if *this.small_reads >= SHRINK_AFTER {
+                        *this.rcap = READ_MIN;
+                    }
                 } else {
-                    *this.rcap
-                };
+                    *this.small_reads = 0;
+                }
                 continue;
             }
             let mut buf = std::mem::take(this.rbuf);

@@ -19,6 +19,7 @@ pub fn start(io: IoMode, tweak: impl FnOnce(&mut Config)) -> RunningServer {
         port: 0,
         io,
         workers: std::num::NonZeroUsize::new(2),
+        close_timeout: std::time::Duration::from_secs(1),
         ..Config::default()
     };
     tweak(&mut config);

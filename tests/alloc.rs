@@ -1,0 +1,141 @@
+//! Steady-state echo allocates nothing, on either backend.
+//!
+//! A counting global allocator wraps the system allocator for this whole test
+//! binary. The client is a blocking std socket with buffers prepared in
+//! advance, so after warm-up the only code that could allocate is the server.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use common::{BACKENDS, masked, upgrade_request};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; the counter
+// is a relaxed atomic and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// One round: a batch of frames written at once, every echo read and checked.
+struct Round {
+    wire: Vec<u8>,
+    expected: Vec<u8>,
+    got: Vec<u8>,
+}
+
+impl Round {
+    fn new(sizes: &[usize]) -> Round {
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for (n, &size) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..size).map(|i| (i + n) as u8).collect();
+            wire.extend(masked(true, 2, &payload));
+            // Server frames: unmasked, 2/4/10-byte headers.
+            expected.push(0x82);
+            match size {
+                s if s < 126 => expected.push(s as u8),
+                s if s < 65536 => {
+                    expected.push(126);
+                    expected.extend_from_slice(&(s as u16).to_be_bytes());
+                }
+                s => {
+                    expected.push(127);
+                    expected.extend_from_slice(&(s as u64).to_be_bytes());
+                }
+            }
+            expected.extend_from_slice(&payload);
+        }
+        let got = vec![0; expected.len()];
+        Round {
+            wire,
+            expected,
+            got,
+        }
+    }
+
+    fn run(&mut self, s: &mut TcpStream) {
+        s.write_all(&self.wire).unwrap();
+        s.read_exact(&mut self.got).unwrap();
+        assert!(self.got == self.expected, "echo differs");
+    }
+}
+
+#[test]
+fn steady_state_echo_does_not_allocate() {
+    for io in BACKENDS {
+        let server = common::start(io, |c| c.workers = std::num::NonZeroUsize::new(1));
+        let addr = server.local_addr();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(upgrade_request(addr).as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+
+        let mut rounds = [
+            Round::new(&[20]),
+            Round::new(&[1024]),
+            Round::new(&[16 << 10]),
+            Round::new(&[20, 20, 1024, 20, 16 << 10, 20, 20, 20]),
+        ];
+        // Warm-up: buffers grow to their steady sizes.
+        for _ in 0..200 {
+            for r in &mut rounds {
+                r.run(&mut s);
+            }
+        }
+        let before = ALLOCATIONS.load(Relaxed);
+        let mut messages = 0;
+        for _ in 0..2_000 {
+            for r in &mut rounds {
+                r.run(&mut s);
+            }
+            messages += 11;
+        }
+        let allocations = ALLOCATIONS.load(Relaxed) - before;
+        // Not per message: a handful at most (e.g. a timer wheel level).
+        assert!(
+            allocations <= 8,
+            "{io:?}: {allocations} allocations during {messages} echoed messages"
+        );
+        drop(s);
+        server.shutdown().unwrap();
+    }
+    // The counter does count.
+    let before = ALLOCATIONS.load(Relaxed);
+    let b = std::hint::black_box(Box::new([0u8; 100]));
+    drop(b);
+    assert!(ALLOCATIONS.load(Relaxed) > before);
+}

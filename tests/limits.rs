@@ -1,0 +1,79 @@
+//! Limits: --max-connections and --handshake-timeout, on both backends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn max_connections_refuses_with_503_and_keeps_existing_sessions() {
+    for io in BACKENDS {
+        let server = start(io, |c| c.max_connections = Some(2));
+        let addr = server.local_addr();
+        let mut a = raw_upgrade(addr, &[]).await;
+        let mut b = raw_upgrade(addr, &[]).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(upgrade_request(addr).as_bytes()).await.unwrap();
+        let head = read_head(&mut c).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{io:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: "),
+            "{head}"
+        );
+        for (s, msg) in [(&mut a, &b"still here"[..]), (&mut b, &b"me too"[..])] {
+            s.write_all(&masked(true, 2, msg)).await.unwrap();
+            assert_eq!(read_frame(s).await.payload, msg, "{io:?}");
+        }
+        // A slot frees up when a session ends.
+        a.write_all(&masked(true, 8, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(read_frame(&mut a).await.close_code(), Some(1000));
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await.unwrap();
+        let mut ok = false;
+        for _ in 0..50 {
+            let mut d = tokio::net::TcpStream::connect(addr).await.unwrap();
+            d.write_all(upgrade_request(addr).as_bytes()).await.unwrap();
+            if read_head(&mut d).await.starts_with("HTTP/1.1 101") {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "{io:?}: freed slot not reusable");
+        let (_, _, metrics) = http_get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("ringws_handshake_failures_total{reason=\"capacity\"} "),
+            "{metrics}"
+        );
+        server.shutdown().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn stalled_handshake_is_closed_after_the_timeout() {
+    for io in BACKENDS {
+        let server = start(io, |c| c.handshake_timeout = Duration::from_millis(500));
+        let addr = server.local_addr();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webso")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "{io:?}: connection not closed within 5 s");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400),
+            "{io:?}: closed too early ({waited:?})"
+        );
+        // Meanwhile a normal client is served.
+        let mut ok = raw_upgrade(addr, &masked(true, 1, b"hi")).await;
+        assert_eq!(read_frame(&mut ok).await.payload, b"hi");
+        server.shutdown().unwrap();
+    }
+}
