@@ -18,11 +18,15 @@
 //!
 //! This module never knows which I/O backend it runs on.
 
+use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+use crate::buffers::BufferPool;
 
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
@@ -119,7 +123,7 @@ async fn echo<S: Stream>(ws: &mut WebSocket<S>, worker: &Worker) -> End {
         // idle event is looked at, so nothing read is lost.
         let event = tokio::select! {
             biased;
-            r = ws.read_frame() => Event::Frame(r),
+            r = std::future::poll_fn(|cx| poll_frame(ws, &worker.buffers, cx)) => Event::Frame(r),
             () = &mut drained => Event::Drain,
             () = &mut timer, if idle_on => Event::Idle,
         };
@@ -136,7 +140,7 @@ async fn echo<S: Stream>(ws: &mut WebSocket<S>, worker: &Worker) -> End {
                 } else {
                     pinged = true;
                     let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                    if ws.write_frame(ping).await.is_err() {
+                    if send(ws.get_mut(), ping).await.is_err() {
                         return End::Gone;
                     }
                 }
@@ -187,14 +191,17 @@ async fn echo<S: Stream>(ws: &mut WebSocket<S>, worker: &Worker) -> End {
                 }
                 // (A whole text message was validated by fastwebsockets.)
                 let echo = Frame::new(frame.fin, frame.opcode, None, frame.payload);
-                if ws.write_frame(echo).await.is_err() {
+                if send(ws.get_mut(), echo).await.is_err() {
                     return End::Gone;
                 }
                 m.frames_out.add(1);
                 m.bytes_out.add(len as u64);
             }
             OpCode::Ping => {
-                if ws.write_frame(Frame::pong(frame.payload)).await.is_err() {
+                if send(ws.get_mut(), Frame::pong(frame.payload))
+                    .await
+                    .is_err()
+                {
                     return End::Gone;
                 }
             }
@@ -202,6 +209,55 @@ async fn echo<S: Stream>(ws: &mut WebSocket<S>, worker: &Worker) -> End {
             OpCode::Close => return peer_close(&frame.payload),
         }
     }
+}
+
+/// Reads the next frame into a buffer lent by the worker's pool, and gives
+/// the buffer back when the read would block with nothing buffered: an idle
+/// session holds no read buffer.
+fn poll_frame<'f, S: Stream>(
+    ws: &mut WebSocket<S>,
+    pool: &BufferPool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Frame<'f>, WebSocketError>> {
+    let buf = ws.read_buffer_mut();
+    if buf.capacity() == 0 {
+        *buf = pool.take();
+    }
+    let polled = ws.poll_read_frame(cx);
+    if polled.is_pending() {
+        let buf = ws.read_buffer_mut();
+        if buf.is_empty() {
+            pool.give(std::mem::take(buf));
+        }
+    }
+    polled
+}
+
+/// Writes one server frame: header (formatted by fastwebsockets) and payload
+/// in one vectored write, straight from the payload's buffer. Its state is a
+/// few dozen bytes, where a `write_frame` future is ~320, and it lives in
+/// every session's future.
+async fn send<S: Stream>(io: &mut S, mut frame: Frame<'_>) -> io::Result<()> {
+    let mut head = [0u8; 10];
+    let head_len = frame.fmt_head(&mut head);
+    let total = head_len + frame.payload.len();
+    let mut written = 0;
+    while written < total {
+        let n = if written < head_len {
+            let parts = [
+                io::IoSlice::new(&head[written..head_len]),
+                io::IoSlice::new(&frame.payload),
+            ];
+            io.write_vectored(&parts).await?
+        } else {
+            io.write(&frame.payload[written - head_len..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).

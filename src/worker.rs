@@ -20,6 +20,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// This worker's open sessions.
     pub sessions: crate::drain::LocalSessions,
+    /// Read buffers lent to sessions while they have bytes to parse.
+    pub buffers: crate::buffers::BufferPool,
 }
 
 /// A session's place in `--max-connections` and in its worker's count;
@@ -77,6 +79,7 @@ pub(crate) fn run(
             metrics: shared.metrics.workers[id].clone(),
             shared: shared.clone(),
             sessions: Default::default(),
+            buffers: Default::default(),
         });
         let accept = tokio::task::spawn_local(io::accept_loop(backend, listener, worker.clone()));
         tokio::select! {

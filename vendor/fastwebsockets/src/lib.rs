@@ -569,13 +569,58 @@ impl<'f, S> WebSocket<S> {
       }
     }
   }
+  /// Reads a frame, poll-style (ringws patch).
+  ///
+  /// For callers that answer pings and closes themselves: it never writes,
+  /// so `auto_close` and `auto_pong` do not apply. Frames are unmasked, and
+  /// whole text frames validated, as by [`WebSocket::read_frame`]. It keeps
+  /// no state outside the read buffer, so it may be abandoned at any
+  /// `Pending` and polled again later, and a caller needs no future (and no
+  /// memory) to wait for the next frame.
+  pub fn poll_read_frame(
+    &mut self,
+    cx: &mut std::task::Context<'_>,
+  ) -> std::task::Poll<Result<Frame<'f>, WebSocketError>>
+  where
+    S: AsyncRead + Unpin,
+  {
+    use std::future::Future;
+    loop {
+      if let Some(frame) = self.read_half.try_parse_frame()? {
+        return std::task::Poll::Ready(self.read_half.check_frame(frame));
+      }
+      self.read_half.reserve_for_read();
+      let read =
+        std::pin::pin!(self.stream.read_buf(&mut self.read_half.buffer));
+      if std::task::ready!(read.poll(cx))? == 0 {
+        return std::task::Poll::Ready(Err(WebSocketError::UnexpectedEOF));
+      }
+    }
+  }
+
+  /// The buffer frames are read into (ringws patch), so a caller can lend
+  /// it out while the connection is idle and back in when data arrives. An
+  /// empty buffer with no capacity gets 8 KiB on the next read.
+  pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
+    &mut self.read_half.buffer
+  }
+
+  /// The underlying stream (ringws patch), to write frames without keeping
+  /// a `write_frame` future. Writing to it while a `write_frame` is pending
+  /// would interleave bytes.
+  pub fn get_mut(&mut self) -> &mut S {
+    &mut self.stream
+  }
+
 }
 
 const MAX_HEADER_SIZE: usize = 14;
 
 impl ReadHalf {
   pub fn after_handshake(role: Role) -> Self {
-    let buffer = BytesMut::with_capacity(8192);
+    // ringws patch: allocated on first read (`reserve_for_read`), not here, so a
+    // caller that lends the buffer in and out (`read_buffer_mut`) pays nothing.
+    let buffer = BytesMut::new();
 
     Self {
       role,
@@ -674,10 +719,33 @@ impl ReadHalf {
       if let Some(frame) = self.try_parse_frame()? {
         return Ok(frame);
       }
+      self.reserve_for_read();
       if stream.read_buf(&mut self.buffer).await? == 0 {
         return Err(WebSocketError::UnexpectedEOF);
       }
     }
+  }
+
+  /// Gives a never-used (or lent-out) buffer upstream's initial 8 KiB.
+  fn reserve_for_read(&mut self) {
+    if self.buffer.capacity() == 0 {
+      self.buffer.reserve(8192);
+    }
+  }
+
+  /// Unmasks a parsed frame and validates a whole text frame, as
+  /// `read_frame_inner` does for data frames.
+  fn check_frame<'f>(
+    &self,
+    mut frame: Frame<'f>,
+  ) -> Result<Frame<'f>, WebSocketError> {
+    if self.role == Role::Server && self.auto_apply_mask {
+      frame.unmask()
+    };
+    if frame.opcode == OpCode::Text && frame.fin && !frame.is_utf8() {
+      return Err(WebSocketError::InvalidUTF8);
+    }
+    Ok(frame)
   }
 
   /// Parses one frame if it is wholly buffered; `Ok(None)` asks for more

@@ -1,0 +1,2 @@
+//! ringws-load: the load generator (being written).
+fn main() {}

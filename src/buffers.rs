@@ -1,0 +1,82 @@
+//! A worker's pool of read buffers, lent to sessions only while they have
+//! bytes to parse.
+//!
+//! An idle session holds no read buffer: when a read would block and its
+//! buffer is empty, the buffer goes back to the pool; when data is ready,
+//! the session takes one again. Steady echo then reuses pooled buffers and
+//! never allocates, and memory scales with the sessions active at once, not
+//! with the sessions open.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// Capacity of a new buffer (fastwebsockets' own default).
+const BUFFER: usize = 8 << 10;
+/// Buffers that grew past this (large messages) are freed, not pooled.
+const POOL_MAX_BUFFER: usize = 64 << 10;
+/// Most buffers kept for reuse per worker (8 MiB at the default size).
+const POOL_MAX_COUNT: usize = 1024;
+
+/// Free read buffers of one worker (single-threaded).
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: RefCell<Vec<BytesMut>>,
+}
+
+impl BufferPool {
+    /// A buffer to read into: a pooled one, or a new one.
+    pub fn take(&self) -> BytesMut {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
+    }
+
+    /// Returns an empty buffer. Its payload slices (already-echoed frames)
+    /// must be gone, so that its whole allocation is reclaimed in place.
+    pub fn give(&self, mut buf: BytesMut) {
+        debug_assert!(buf.is_empty());
+        if buf.capacity() == 0 {
+            return;
+        }
+        // Unique and empty: `reserve` moves the start back to the beginning
+        // of the allocation instead of allocating.
+        buf.reserve(BUFFER);
+        let mut free = self.free.borrow_mut();
+        if buf.capacity() <= POOL_MAX_BUFFER && free.len() < POOL_MAX_COUNT {
+            free.push(buf);
+        }
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_the_same_allocation() {
+        let pool = BufferPool::default();
+        let mut buf = pool.take();
+        buf.extend_from_slice(&[1; 100]);
+        let frame = buf.split_to(100);
+        drop(frame);
+        let ptr = buf.as_ptr() as usize - 100;
+        pool.give(buf);
+        let again = pool.take();
+        assert_eq!(again.as_ptr() as usize, ptr);
+        assert!(again.capacity() >= BUFFER);
+    }
+
+    #[test]
+    fn large_buffers_are_freed() {
+        let pool = BufferPool::default();
+        pool.give(BytesMut::with_capacity(1 << 20));
+        assert_eq!(pool.pooled(), 0);
+    }
+}
