@@ -116,8 +116,12 @@ async fn protocol_violations_close_with_1002() {
         let mut bytes = masked(false, 1, b"a");
         bytes.extend(masked(true, 1, b"b"));
         expect_close_after(addr, &bytes, 1002).await;
-        // Control frame over 125 bytes.
+        // Control frames over 125 bytes (Ping, Pong, and Close: Autobahn 7.3.6).
         expect_close_after(addr, &masked(true, 9, &[0; 126]), 1002).await;
+        expect_close_after(addr, &masked(true, 10, &[0; 126]), 1002).await;
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(&[b'a'; 124]);
+        expect_close_after(addr, &masked(true, 8, &close), 1002).await;
         // Invalid close codes.
         for code in [999u16, 1004, 1005, 1006, 1015, 2000, 5000] {
             expect_close_after(addr, &masked(true, 8, &code.to_be_bytes()), 1002).await;

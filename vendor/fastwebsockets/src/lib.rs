@@ -797,7 +797,9 @@ impl ReadHalf {
       return Err(WebSocketError::ControlFrameFragmented);
     }
 
-    if opcode == OpCode::Ping && payload_len > 125 {
+    // ringws patch: upstream checked Ping only; RFC 6455 §5.5 bounds every
+    // control frame (Autobahn 7.3.6 sends a 126-byte Close).
+    if frame::is_control(opcode) && payload_len > 125 {
       return Err(WebSocketError::PingFrameTooLarge);
     }
 
