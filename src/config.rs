@@ -56,8 +56,8 @@ pub struct Config {
     #[arg(long, env = "RINGWS_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
     pub max_message_size: usize,
 
-    /// A peer silent this long gets a Ping; silent for as long again, it is
-    /// closed with 1001. `0s` disables.
+    /// Idle check period: a peer silent for a whole period gets a Ping; one
+    /// still silent a period later is closed with 1001. `0s` disables.
     #[arg(long, env = "RINGWS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 

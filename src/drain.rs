@@ -9,9 +9,11 @@
 //! The listeners keep accepting while draining, so probes and scrapes see the
 //! 503s instead of connection refusals.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Waker};
 
+use slab::Slab;
 use tokio::sync::{Notify, watch};
 
 /// Process-wide drain switch, shared by the workers and whoever handles signals.
@@ -52,44 +54,135 @@ impl Drain {
     }
 }
 
-/// One worker's sessions: how many are open, and the signal that closes them.
+/// One worker's sessions: a table of their wakers, through which the worker
+/// tells them to close (drain) or to check whether their peer went quiet
+/// (idle ticks).
+///
+/// This replaces a timer and a notification future per session (~176 bytes
+/// each): a session holds only its key; the table holds its waker and two
+/// flags (~24 bytes).
 #[derive(Debug, Default)]
 pub struct LocalSessions {
-    open: Cell<usize>,
-    close_all: Notify,
+    table: RefCell<Slab<Entry>>,
+    closing: Cell<bool>,
     all_closed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    waker: Option<Waker>,
+    tick: bool,
 }
 
 impl LocalSessions {
     /// Sessions open on this worker.
     pub fn open(&self) -> usize {
-        self.open.get()
+        self.table.borrow().len()
     }
 
-    /// Counts a session in; pair with [`LocalSessions::leave`].
-    pub fn enter(&self) {
-        self.open.set(self.open.get() + 1);
+    /// Adds a session; returns its key. Pair with [`LocalSessions::leave`].
+    pub fn enter(&self) -> usize {
+        self.table.borrow_mut().insert(Entry::default())
     }
 
-    /// Counts a session out.
-    pub fn leave(&self) {
-        let n = self.open.get() - 1;
-        self.open.set(n);
-        if n == 0 {
+    /// Removes a session.
+    pub fn leave(&self, key: usize) {
+        let mut table = self.table.borrow_mut();
+        table.remove(key);
+        if table.is_empty() {
             self.all_closed.notify_one();
         }
     }
 
-    /// The notification sessions wait on to start their closing handshake.
-    pub fn close_signal(&self) -> &Notify {
-        &self.close_all
+    /// Records the waker of session `key`, which is about to wait.
+    #[inline]
+    pub fn park(&self, key: usize, cx: &Context<'_>) {
+        let mut table = self.table.borrow_mut();
+        let entry = &mut table[key];
+        match &entry.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => entry.waker = Some(cx.waker().clone()),
+        }
+    }
+
+    /// True (once) if an idle tick reached session `key` since it last asked.
+    #[inline]
+    pub fn take_tick(&self, key: usize) -> bool {
+        std::mem::take(&mut self.table.borrow_mut()[key].tick)
+    }
+
+    /// True once the worker has told its sessions to close.
+    #[inline]
+    pub fn closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Marks an idle tick on every session and wakes them to look at it.
+    pub fn tick_all(&self) {
+        let wakers: Vec<Waker> = {
+            let mut table = self.table.borrow_mut();
+            table
+                .iter_mut()
+                .filter_map(|(_, e)| {
+                    e.tick = true;
+                    e.waker.clone()
+                })
+                .collect()
+        };
+        // Woken outside the borrow: waking may poll nothing here (tasks are
+        // only scheduled), but keep the table free regardless.
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Tells every session on this worker to close, then waits until all have.
     pub async fn close_all(&self) {
-        self.close_all.notify_waiters();
-        while self.open.get() > 0 {
+        self.closing.set(true);
+        let wakers: Vec<Waker> = self
+            .table
+            .borrow()
+            .iter()
+            .filter_map(|(_, e)| e.waker.clone())
+            .collect();
+        wakers.into_iter().for_each(Waker::wake);
+        while self.open() > 0 {
             self.all_closed.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn ticks_reach_parked_sessions_once() {
+        let sessions = LocalSessions::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let a = sessions.enter();
+        let b = sessions.enter();
+        sessions.park(a, &Context::from_waker(&waker));
+        sessions.tick_all();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "only parked sessions are woken"
+        );
+        assert!(sessions.take_tick(a));
+        assert!(!sessions.take_tick(a));
+        assert!(sessions.take_tick(b));
+        sessions.leave(a);
+        sessions.leave(b);
+        assert_eq!(sessions.open(), 0);
     }
 }

@@ -9,22 +9,28 @@
 //! is bounded by `--max-message-size`.
 //!
 //! The reply reuses the bytes that were read: the payload is unmasked in
-//! place in fastwebsockets' read buffer and written back from there, so a
-//! steady echo does not allocate.
+//! place in the read buffer and written back from there, so a steady echo
+//! does not allocate.
 //!
 //! Failures are answered with a Close frame before TCP is closed: 1002 for
 //! protocol errors, 1007 for invalid UTF-8, 1009 for oversize messages,
 //! 1001 when the server drains or the peer stopped answering pings.
 //!
+//! The echo loop is a hand-written future ([`Echo`]) rather than an `async`
+//! loop, because its size is most of what an idle connection costs: it holds
+//! the codec, at most one outgoing frame and a few flags, and no read future,
+//! timer or notification (see `drain::LocalSessions`).
+//!
 //! This module never knows which I/O backend it runs on.
 
+use std::future::Future;
 use std::io;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
 use crate::buffers::BufferPool;
 
@@ -48,15 +54,61 @@ impl From<WebSocketError> for End {
         use WebSocketError as E;
         match e {
             E::IoError(_) | E::UnexpectedEOF | E::ConnectionClosed => End::Gone,
-            E::InvalidUTF8 => End::Close(1007, "text is not valid UTF-8"),
-            E::FrameTooLarge => End::Close(1009, "message exceeds --max-message-size"),
-            E::ReservedBitsNotZero => End::Close(1002, "reserved bits set without an extension"),
-            E::ControlFrameFragmented => End::Close(1002, "fragmented control frame"),
-            E::PingFrameTooLarge => End::Close(1002, "control frame payload over 125 bytes"),
-            E::InvalidValue => End::Close(1002, "unknown opcode"),
-            _ => End::Close(1002, "protocol error"),
+            E::InvalidUTF8 => fail(1007, "text is not valid UTF-8"),
+            E::FrameTooLarge => fail(1009, "message exceeds --max-message-size"),
+            E::ReservedBitsNotZero => fail(1002, "reserved bits set without an extension"),
+            E::ControlFrameFragmented => fail(1002, "fragmented control frame"),
+            E::PingFrameTooLarge => fail(1002, "control frame payload over 125 bytes"),
+            E::InvalidValue => fail(1002, "unknown opcode"),
+            _ => fail(1002, "protocol error"),
         }
     }
+}
+
+const fn fail(code: u16, reason: &'static str) -> End {
+    End::Close(code, reason)
+}
+
+/// Runs the echo session on an upgraded connection until it closes. `key`
+/// is the session's entry in its worker's session table.
+pub async fn run<S: Stream>(io: S, worker: &Worker, key: usize) {
+    let mut ws = WebSocket::after_handshake(io, Role::Server);
+    // Pings and closes are answered here, so that reading a frame never
+    // writes and can stop at any point (drain, idle ticks).
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // fastwebsockets rejects frames of `>= max_message_size` bytes.
+    let max = worker.shared.config.max_message_size;
+    ws.set_max_message_size(max.saturating_add(1));
+    let end = Echo::new(&mut ws, worker, key).await;
+    tracing::debug!(?end, "session ending");
+    // Boxed: the closing phase's state stays out of the session future.
+    Box::pin(close(ws, end, worker)).await;
+}
+
+/// Frames handled per poll before the session yields to the other sessions
+/// of its worker (the io_uring stream does not take part in tokio's budget).
+const FRAMES_PER_POLL: u32 = 32;
+
+/// The echo loop, as a hand-written future.
+///
+/// An idle connection costs what this struct and its codec cost, so it is
+/// kept small: no read future (reads are poll-based and keep their state in
+/// the read buffer, which an idle session gives back to the pool), one
+/// outgoing frame at a time, and no timers (the worker's session table
+/// delivers drain and idle ticks through the waker).
+struct Echo<'a, S> {
+    ws: &'a mut WebSocket<S>,
+    worker: &'a Worker,
+    key: usize,
+    /// The frame being written, if any.
+    out: Option<Outgoing>,
+    /// A fragmented message in progress.
+    message: Option<Fragmented>,
+    /// Heard from the peer since the last idle tick.
+    heard: bool,
+    /// Pinged after a silent idle period, not answered yet.
+    pinged: bool,
 }
 
 /// A fragmented message in progress.
@@ -67,146 +119,220 @@ struct Fragmented {
     utf8: Utf8Stream,
 }
 
-/// Runs the echo session on an upgraded connection until it closes.
-pub async fn run<S: Stream>(io: S, worker: &Worker) {
-    let mut ws = WebSocket::after_handshake(io, Role::Server);
-    // Pings and closes are answered here, so that reading a frame never
-    // writes and can be cancelled (by drain or idle timers) at any point.
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets rejects frames of `>= max_message_size` bytes.
-    let max = worker.shared.config.max_message_size;
-    ws.set_max_message_size(max.saturating_add(1));
-    let end = echo(&mut ws, worker).await;
-    tracing::debug!(?end, "session ending");
-    // Boxed: the closing phase's state stays out of the session future.
-    Box::pin(close(ws, end, worker)).await;
+/// A frame on its way out: the header formatted by fastwebsockets, then the
+/// payload, written straight from the buffer it was read into.
+struct Outgoing {
+    head: [u8; 10],
+    head_len: u8,
+    /// Counts as an echoed data frame once written.
+    echo: bool,
+    written: usize,
+    payload: BytesMut,
 }
 
-enum Event<'f> {
-    Frame(Result<Frame<'f>, WebSocketError>),
-    Drain,
-    Idle,
-}
-
-const fn fail(code: u16, reason: &'static str) -> End {
-    End::Close(code, reason)
-}
-
-async fn echo<S: Stream>(ws: &mut WebSocket<S>, worker: &Worker) -> End {
-    let shared = &*worker.shared;
-    let m = &*worker.metrics;
-    let max = shared.config.max_message_size;
-    let idle = shared.config.idle_timeout;
-    let idle_on = !idle.is_zero();
-
-    // Idle timer: armed once per period, not per message. When it fires the
-    // session checks whether it heard anything since it was armed.
-    let timer = tokio::time::sleep(if idle_on {
-        idle
-    } else {
-        Duration::from_secs(3600)
-    });
-    tokio::pin!(timer);
-    let mut heard = false;
-    let mut pinged = false;
-    let drained = worker.sessions.close_signal().notified();
-    tokio::pin!(drained);
-    drained.as_mut().enable();
-
-    let mut message: Option<Fragmented> = None;
-    loop {
-        if shared.drain.is_draining() {
-            return fail(1001, "server is draining");
-        }
-        // `biased`: frames already buffered are echoed before a drain or
-        // idle event is looked at, so nothing read is lost.
-        let event = tokio::select! {
-            biased;
-            r = std::future::poll_fn(|cx| poll_frame(ws, &worker.buffers, cx)) => Event::Frame(r),
-            () = &mut drained => Event::Drain,
-            () = &mut timer, if idle_on => Event::Idle,
+impl Outgoing {
+    fn new(fin: bool, opcode: OpCode, payload: Payload<'_>, echo: bool) -> Outgoing {
+        let payload = match payload {
+            Payload::Bytes(bytes) => bytes,
+            other => BytesMut::from(&other[..]),
         };
-        let frame = match event {
-            Event::Frame(Ok(frame)) => frame,
-            Event::Frame(Err(e)) => return e.into(),
-            Event::Drain => return fail(1001, "server is draining"),
-            Event::Idle => {
-                if heard {
-                    heard = false;
-                    pinged = false;
-                } else if pinged {
-                    return fail(1001, "no answer to ping");
-                } else {
-                    pinged = true;
-                    let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                    if send(ws.get_mut(), ping).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                timer.as_mut().reset(Instant::now() + idle);
-                continue;
+        let mut frame = Frame::new(fin, opcode, None, Payload::Borrowed(&payload));
+        let mut head = [0u8; 10];
+        let head_len = frame.fmt_head(&mut head) as u8;
+        Outgoing {
+            head,
+            head_len,
+            echo,
+            written: 0,
+            payload,
+        }
+    }
+
+    /// Writes what is left: one vectored write for header and payload.
+    fn poll_write<S: Stream>(&mut self, io: &mut S, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let head_len = usize::from(self.head_len);
+        let total = head_len + self.payload.len();
+        while self.written < total {
+            let n = if self.written < head_len {
+                let parts = [
+                    io::IoSlice::new(&self.head[self.written..head_len]),
+                    io::IoSlice::new(&self.payload),
+                ];
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &parts))?
+            } else {
+                let rest = &self.payload[self.written - head_len..];
+                ready!(Pin::new(&mut *io).poll_write(cx, rest))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-        };
-        heard = true;
-        // fastwebsockets unmasks in place but leaves `mask` set: `None` here
-        // means the client sent an unmasked frame.
-        if !frame.is_masked() {
-            return fail(1002, "client frames must be masked");
+            self.written += n;
         }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<'a, S: Stream> Echo<'a, S> {
+    fn new(ws: &'a mut WebSocket<S>, worker: &'a Worker, key: usize) -> Self {
+        Echo {
+            ws,
+            worker,
+            key,
+            out: None,
+            message: None,
+            heard: false,
+            pinged: false,
+        }
+    }
+
+    /// Handles one frame: `Ok(())` to go on (perhaps with a frame to send),
+    /// `Err(end)` to close.
+    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), End> {
+        self.heard = true;
+        // fastwebsockets unmasks in place but keeps the mask: an unmasked
+        // frame here is one the client sent unmasked.
+        if !frame.is_masked() {
+            return Err(fail(1002, "client frames must be masked"));
+        }
+        let m = &self.worker.metrics;
         let len = frame.payload.len();
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 m.frames_in.add(1);
                 m.bytes_in.add(len as u64);
-                if frame.opcode == OpCode::Continuation {
-                    let Some(msg) = message.as_mut() else {
-                        return fail(1002, "continuation frame without a message to continue");
-                    };
-                    msg.total += len;
-                    if msg.total > max {
-                        return fail(1009, "message exceeds --max-message-size");
-                    }
-                    if msg.text
-                        && (msg.utf8.feed(&frame.payload).is_err()
-                            || (frame.fin && msg.utf8.finish().is_err()))
-                    {
-                        return fail(1007, "text is not valid UTF-8");
-                    }
-                    if frame.fin {
-                        message = None;
-                    }
-                } else if message.is_some() {
-                    return fail(1002, "new message inside a fragmented message");
-                } else if !frame.fin {
-                    let mut msg = Fragmented {
-                        text: frame.opcode == OpCode::Text,
-                        total: len,
-                        utf8: Utf8Stream::default(),
-                    };
-                    if msg.text && msg.utf8.feed(&frame.payload).is_err() {
-                        return fail(1007, "text is not valid UTF-8");
-                    }
-                    message = Some(msg);
-                }
-                // (A whole text message was validated by fastwebsockets.)
-                let echo = Frame::new(frame.fin, frame.opcode, None, frame.payload);
-                if send(ws.get_mut(), echo).await.is_err() {
-                    return End::Gone;
-                }
-                m.frames_out.add(1);
-                m.bytes_out.add(len as u64);
+                self.check_message(&frame)?;
+                self.out = Some(Outgoing::new(frame.fin, frame.opcode, frame.payload, true));
             }
             OpCode::Ping => {
-                if send(ws.get_mut(), Frame::pong(frame.payload))
-                    .await
-                    .is_err()
-                {
-                    return End::Gone;
-                }
+                self.out = Some(Outgoing::new(true, OpCode::Pong, frame.payload, false));
             }
             OpCode::Pong => {}
-            OpCode::Close => return peer_close(&frame.payload),
+            OpCode::Close => return Err(peer_close(&frame.payload)),
+        }
+        Ok(())
+    }
+
+    /// Checks a data frame against the message it belongs to: order of
+    /// fragments, total size, UTF-8 across fragments. (A whole text message
+    /// in one frame was validated by fastwebsockets.)
+    fn check_message(&mut self, frame: &Frame<'_>) -> Result<(), End> {
+        let max = self.worker.shared.config.max_message_size;
+        let len = frame.payload.len();
+        if frame.opcode != OpCode::Continuation {
+            if self.message.is_some() {
+                return Err(fail(1002, "new message inside a fragmented message"));
+            }
+            if !frame.fin {
+                let mut msg = Fragmented {
+                    text: frame.opcode == OpCode::Text,
+                    total: len,
+                    utf8: Utf8Stream::default(),
+                };
+                if msg.text && msg.utf8.feed(&frame.payload).is_err() {
+                    return Err(fail(1007, "text is not valid UTF-8"));
+                }
+                self.message = Some(msg);
+            }
+            return Ok(());
+        }
+        let Some(msg) = self.message.as_mut() else {
+            return Err(fail(
+                1002,
+                "continuation frame without a message to continue",
+            ));
+        };
+        msg.total += len;
+        if msg.total > max {
+            return Err(fail(1009, "message exceeds --max-message-size"));
+        }
+        if msg.text
+            && (msg.utf8.feed(&frame.payload).is_err() || (frame.fin && msg.utf8.finish().is_err()))
+        {
+            return Err(fail(1007, "text is not valid UTF-8"));
+        }
+        if frame.fin {
+            self.message = None;
+        }
+        Ok(())
+    }
+
+    /// An idle tick arrived: quiet peers get a Ping, then a Close.
+    fn on_tick(&mut self) -> Result<(), End> {
+        if std::mem::take(&mut self.heard) {
+            self.pinged = false;
+        } else if self.pinged {
+            return Err(fail(1001, "no answer to ping"));
+        } else {
+            self.pinged = true;
+            self.out = Some(Outgoing::new(
+                true,
+                OpCode::Ping,
+                Payload::Borrowed(&[]),
+                false,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Stream> Future for Echo<'_, S> {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let this = self.get_mut();
+        let sessions = &this.worker.sessions;
+        let mut budget = FRAMES_PER_POLL;
+        loop {
+            if let Some(out) = this.out.as_mut() {
+                match out.poll_write(this.ws.get_mut(), cx) {
+                    Poll::Ready(Ok(())) => {
+                        if out.echo {
+                            let m = &this.worker.metrics;
+                            m.frames_out.add(1);
+                            m.bytes_out.add(out.payload.len() as u64);
+                        }
+                        this.out = None;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                    Poll::Pending => {
+                        sessions.park(this.key, cx);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if budget == 0 {
+                if sessions.closing() {
+                    return Poll::Ready(fail(1001, "server is draining"));
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match poll_frame(this.ws, &this.worker.buffers, cx) {
+                Poll::Ready(Ok(frame)) => {
+                    budget -= 1;
+                    if let Err(end) = this.on_frame(frame) {
+                        return Poll::Ready(end);
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
+                // Nothing complete is buffered: every frame read so far has
+                // been echoed, so this is where drain and idle ticks act.
+                Poll::Pending => {
+                    if sessions.closing() || this.worker.shared.drain.is_draining() {
+                        return Poll::Ready(fail(1001, "server is draining"));
+                    }
+                    if sessions.take_tick(this.key) {
+                        if let Err(end) = this.on_tick() {
+                            return Poll::Ready(end);
+                        }
+                        if this.out.is_some() {
+                            continue;
+                        }
+                    }
+                    sessions.park(this.key, cx);
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
@@ -231,33 +357,6 @@ fn poll_frame<'f, S: Stream>(
         }
     }
     polled
-}
-
-/// Writes one server frame: header (formatted by fastwebsockets) and payload
-/// in one vectored write, straight from the payload's buffer. Its state is a
-/// few dozen bytes, where a `write_frame` future is ~320, and it lives in
-/// every session's future.
-async fn send<S: Stream>(io: &mut S, mut frame: Frame<'_>) -> io::Result<()> {
-    let mut head = [0u8; 10];
-    let head_len = frame.fmt_head(&mut head);
-    let total = head_len + frame.payload.len();
-    let mut written = 0;
-    while written < total {
-        let n = if written < head_len {
-            let parts = [
-                io::IoSlice::new(&head[written..head_len]),
-                io::IoSlice::new(&frame.payload),
-            ];
-            io.write_vectored(&parts).await?
-        } else {
-            io.write(&frame.payload[written - head_len..]).await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        written += n;
-    }
-    Ok(())
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).

@@ -24,28 +24,36 @@ pub struct Worker {
     pub buffers: crate::buffers::BufferPool,
 }
 
-/// A session's place in `--max-connections` and in its worker's count;
+/// A session's place in `--max-connections` and in its worker's table;
 /// released when dropped, however the session ends.
 #[derive(Debug)]
-pub struct SessionSlot(Rc<Worker>);
+pub struct SessionSlot {
+    worker: Rc<Worker>,
+    key: usize,
+}
 
 impl SessionSlot {
     /// Takes a place whose global count the caller has already incremented.
     pub(crate) fn new(worker: Rc<Worker>) -> Self {
-        worker.sessions.enter();
+        let key = worker.sessions.enter();
         worker.metrics.sessions.add(1);
-        SessionSlot(worker)
+        SessionSlot { worker, key }
+    }
+
+    /// The session's key in its worker's [`LocalSessions`](crate::drain::LocalSessions).
+    pub fn key(&self) -> usize {
+        self.key
     }
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.0
-            .shared
+        let w = &self.worker;
+        w.shared
             .metrics
             .open_sessions
             .fetch_sub(1, Ordering::AcqRel);
-        self.0.sessions.leave();
+        w.sessions.leave(self.key);
     }
 }
 
@@ -62,7 +70,7 @@ async fn connection<S: Stream>(io: S, worker: Rc<Worker>) {
     let Some(up) = Box::pin(http::serve(io, &worker)).await else {
         return;
     };
-    session::run(up.io, &worker).await;
+    session::run(up.io, &worker, up.slot.key()).await;
     drop(up.slot);
 }
 
@@ -82,6 +90,17 @@ pub(crate) fn run(
             buffers: Default::default(),
         });
         let accept = tokio::task::spawn_local(io::accept_loop(backend, listener, worker.clone()));
+        let idle = shared.config.idle_timeout;
+        if !idle.is_zero() {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+                loop {
+                    ticks.tick().await;
+                    worker.sessions.tick_all();
+                }
+            });
+        }
         tokio::select! {
             () = shared.drain.started() => {}
             res = accept => {
