@@ -5,7 +5,8 @@
 //! `Send` I/O, and the io_uring stream is `!Send`). The `/ws` route answers
 //! `101` itself; the connection is then driven with `without_shutdown()` and
 //! taken apart with `into_parts()`, and the bytes hyper read past the request
-//! (often the client's first frame) are given to the session first.
+//! (often the client's first frame) are handed to the session, which parses
+//! them before reading from the socket.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -22,7 +23,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::io::Stream;
-use crate::io::prefixed::Prefixed;
 use crate::metrics::{self, HandshakeFailure};
 use crate::upgrade::{self, Rejection};
 use crate::worker::{SessionSlot, Worker};
@@ -31,8 +31,11 @@ type Body = Full<Bytes>;
 
 /// A connection that completed the WebSocket handshake.
 pub struct Upgraded<S> {
-    /// The connection, with any bytes read ahead put back in front.
-    pub io: Prefixed<S>,
+    /// The connection.
+    pub io: S,
+    /// Bytes hyper read past the request (often the client's first frame):
+    /// the session must parse them before reading from `io`.
+    pub read_ahead: Bytes,
     /// The session's place in `--max-connections`.
     pub slot: SessionSlot,
 }
@@ -64,15 +67,9 @@ pub async fn serve<S: Stream>(io: S, worker: &Rc<Worker>) -> Option<Upgraded<S>>
         }
     };
     let slot = slot.borrow_mut().take()?;
-    // `read_buf` is a view that keeps hyper's whole read buffer alive: copy
-    // the few bytes out.
-    let prefix = if parts.read_buf.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&parts.read_buf)
-    };
     Some(Upgraded {
-        io: Prefixed::new(prefix, parts.io.into_inner()),
+        io: parts.io.into_inner(),
+        read_ahead: parts.read_buf,
         slot,
     })
 }

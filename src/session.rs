@@ -26,6 +26,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
@@ -36,7 +37,7 @@ use crate::buffers::BufferPool;
 
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
-use crate::worker::Worker;
+use crate::worker::{SessionSlot, Worker};
 
 /// How an echo loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,38 +70,25 @@ const fn fail(code: u16, reason: &'static str) -> End {
     End::Close(code, reason)
 }
 
-/// Runs the echo session on an upgraded connection until it closes. `key`
-/// is the session's entry in its worker's session table.
-pub async fn run<S: Stream>(io: S, worker: &Worker, key: usize) {
-    let mut ws = WebSocket::after_handshake(io, Role::Server);
-    // Pings and closes are answered here, so that reading a frame never
-    // writes and can stop at any point (drain, idle ticks).
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets rejects frames of `>= max_message_size` bytes.
-    let max = worker.shared.config.max_message_size;
-    ws.set_max_message_size(max.saturating_add(1));
-    let end = Echo::new(&mut ws, worker, key).await;
-    tracing::debug!(?end, "session ending");
-    // Boxed: the closing phase's state stays out of the session future.
-    Box::pin(close(ws, end, worker)).await;
-}
-
 /// Frames handled per poll before the session yields to the other sessions
 /// of its worker (the io_uring stream does not take part in tokio's budget).
 const FRAMES_PER_POLL: u32 = 32;
 
-/// The echo loop, as a hand-written future.
+/// A WebSocket session: the echo loop, then the closing handshake. It is
+/// the whole future of the session's task.
 ///
-/// An idle connection costs what this struct and its codec cost, so it is
-/// kept small: no read future (reads are poll-based and keep their state in
-/// the read buffer, which an idle session gives back to the pool), one
-/// outgoing frame at a time, and no timers (the worker's session table
-/// delivers drain and idle ticks through the waker).
-struct Echo<'a, S> {
-    ws: &'a mut WebSocket<S>,
-    worker: &'a Worker,
-    key: usize,
+/// An idle connection costs what this struct costs, so it is kept small: no
+/// read future (reads are poll-based and keep their state in the read
+/// buffer, which an idle session gives back to the pool), one outgoing frame
+/// at a time, no timers (the worker's session table delivers drain and idle
+/// ticks through the waker), and the closing phase boxed.
+pub struct Session<S> {
+    /// Moved into the closing phase when the loop ends.
+    ws: Option<WebSocket<S>>,
+    /// The session's place in `--max-connections` and its worker's table.
+    slot: SessionSlot,
+    /// The closing handshake, once the loop has ended.
+    closing: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// The frame being written, if any.
     out: Option<Outgoing>,
     /// A fragmented message in progress.
@@ -172,12 +160,28 @@ impl Outgoing {
     }
 }
 
-impl<'a, S: Stream> Echo<'a, S> {
-    fn new(ws: &'a mut WebSocket<S>, worker: &'a Worker, key: usize) -> Self {
-        Echo {
-            ws,
-            worker,
-            key,
+impl<S: Stream> Session<S> {
+    /// The session on an upgraded connection: `read_ahead` holds bytes read
+    /// past the upgrade request, parsed before the socket is read.
+    pub fn new(io: S, read_ahead: &[u8], slot: SessionSlot) -> Self {
+        let worker = slot.worker();
+        let mut ws = WebSocket::after_handshake(io, Role::Server);
+        // Pings and closes are answered here, so that reading a frame never
+        // writes and can stop at any point (drain, idle ticks).
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        // fastwebsockets rejects frames of `>= max_message_size` bytes.
+        let max = worker.shared.config.max_message_size;
+        ws.set_max_message_size(max.saturating_add(1));
+        if !read_ahead.is_empty() {
+            let buf = ws.read_buffer_mut();
+            *buf = worker.buffers.take();
+            buf.extend_from_slice(read_ahead);
+        }
+        Session {
+            ws: Some(ws),
+            slot,
+            closing: None,
             out: None,
             message: None,
             heard: false,
@@ -194,7 +198,7 @@ impl<'a, S: Stream> Echo<'a, S> {
         if !frame.is_masked() {
             return Err(fail(1002, "client frames must be masked"));
         }
-        let m = &self.worker.metrics;
+        let m = &self.slot.worker().metrics;
         let len = frame.payload.len();
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -216,7 +220,7 @@ impl<'a, S: Stream> Echo<'a, S> {
     /// fragments, total size, UTF-8 across fragments. (A whole text message
     /// in one frame was validated by fastwebsockets.)
     fn check_message(&mut self, frame: &Frame<'_>) -> Result<(), End> {
-        let max = self.worker.shared.config.max_message_size;
+        let max = self.slot.worker().shared.config.max_message_size;
         let len = frame.payload.len();
         if frame.opcode != OpCode::Continuation {
             if self.message.is_some() {
@@ -275,19 +279,37 @@ impl<'a, S: Stream> Echo<'a, S> {
     }
 }
 
-impl<S: Stream> Future for Echo<'_, S> {
-    type Output = End;
+impl<S: Stream> Future for Session<S> {
+    type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let sessions = &this.worker.sessions;
+        if this.closing.is_none() {
+            let end = ready!(this.poll_echo(cx));
+            tracing::debug!(?end, "session ending");
+            let ws = this.ws.take().expect("the loop ended once");
+            this.closing = Some(Box::pin(close(ws, end, this.slot.worker().clone())));
+        }
+        let closing = this.closing.as_mut().expect("set above");
+        closing.as_mut().poll(cx)
+    }
+}
+
+impl<S: Stream> Session<S> {
+    /// The echo loop: runs until the session must close, and says how.
+    fn poll_echo(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let this = self;
+        let worker = this.slot.worker().clone();
+        let worker = &*worker;
+        let key = this.slot.key();
+        let sessions = &worker.sessions;
         let mut budget = FRAMES_PER_POLL;
         loop {
             if let Some(out) = this.out.as_mut() {
-                match out.poll_write(this.ws.get_mut(), cx) {
+                match out.poll_write(this.ws.as_mut().expect("not done").get_mut(), cx) {
                     Poll::Ready(Ok(())) => {
                         if out.echo {
-                            let m = &this.worker.metrics;
+                            let m = &worker.metrics;
                             m.frames_out.add(1);
                             m.bytes_out.add(out.payload.len() as u64);
                         }
@@ -295,7 +317,7 @@ impl<S: Stream> Future for Echo<'_, S> {
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {
-                        sessions.park(this.key, cx);
+                        sessions.park(key, cx);
                         return Poll::Pending;
                     }
                 }
@@ -307,7 +329,8 @@ impl<S: Stream> Future for Echo<'_, S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            match poll_frame(this.ws, &this.worker.buffers, cx) {
+            let ws = this.ws.as_mut().expect("not done");
+            match poll_frame(ws, &worker.buffers, cx) {
                 Poll::Ready(Ok(frame)) => {
                     budget -= 1;
                     if let Err(end) = this.on_frame(frame) {
@@ -318,10 +341,10 @@ impl<S: Stream> Future for Echo<'_, S> {
                 // Nothing complete is buffered: every frame read so far has
                 // been echoed, so this is where drain and idle ticks act.
                 Poll::Pending => {
-                    if sessions.closing() || this.worker.shared.drain.is_draining() {
+                    if sessions.closing() || worker.shared.drain.is_draining() {
                         return Poll::Ready(fail(1001, "server is draining"));
                     }
-                    if sessions.take_tick(this.key) {
+                    if sessions.take_tick(key) {
                         if let Err(end) = this.on_tick() {
                             return Poll::Ready(end);
                         }
@@ -329,7 +352,7 @@ impl<S: Stream> Future for Echo<'_, S> {
                             continue;
                         }
                     }
-                    sessions.park(this.key, cx);
+                    sessions.park(key, cx);
                     return Poll::Pending;
                 }
             }
@@ -381,7 +404,7 @@ fn peer_close(payload: &[u8]) -> End {
 /// Close; otherwise after the peer closed its side or `--close-timeout`
 /// passed, reading and discarding what it still sends, so that our Close
 /// frame is not lost to a TCP reset.
-async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: &Worker) {
+async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: Rc<Worker>) {
     let frame = match end {
         End::Gone => return,
         End::Reply(Some(code)) => Frame::close(code, b""),

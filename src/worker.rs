@@ -44,6 +44,11 @@ impl SessionSlot {
     pub fn key(&self) -> usize {
         self.key
     }
+
+    /// The worker the session runs on.
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.worker
+    }
 }
 
 impl Drop for SessionSlot {
@@ -70,8 +75,10 @@ async fn connection<S: Stream>(io: S, worker: Rc<Worker>) {
     let Some(up) = Box::pin(http::serve(io, &worker)).await else {
         return;
     };
-    session::run(up.io, &worker, up.slot.key()).await;
-    drop(up.slot);
+    // The session runs as a task of its own: this one, with the HTTP
+    // phase's state, ends here, and the session's task holds no more than
+    // `Session` itself (an idle connection's cost).
+    tokio::task::spawn_local(session::Session::new(up.io, &up.read_ahead, up.slot));
 }
 
 /// Runs worker `id` on this thread until the drain completes.

@@ -11,7 +11,6 @@ use std::io;
 use crate::config::IoMode;
 
 pub mod epoll;
-pub mod prefixed;
 pub mod uring;
 
 /// The I/O backend the workers run on.
