@@ -35,6 +35,7 @@ mod listener;
 pub mod metrics;
 pub mod server;
 mod session;
+pub mod standalone;
 pub mod upgrade;
 pub mod utf8;
 mod worker;

@@ -71,14 +71,32 @@ impl Handler for Rc<Worker> {
 
 /// A connection's life: the HTTP phase, then (if upgraded) the session.
 async fn connection<S: Stream>(io: S, worker: Rc<Worker>) {
-    // Boxed so the HTTP phase's state is not part of the long-lived session future.
-    let Some(up) = Box::pin(http::serve(io, &worker)).await else {
-        return;
-    };
     // The session runs as a task of its own: this one, with the HTTP
     // phase's state, ends here, and the session's task holds no more than
     // `Session` itself (an idle connection's cost).
-    tokio::task::spawn_local(session::Session::new(up.io, &up.read_ahead, up.slot));
+    if let Some(session) = upgrade(io, &worker).await {
+        tokio::task::spawn_local(session);
+    }
+}
+
+/// Serves HTTP on a fresh connection until it closes (`None`) or becomes a
+/// WebSocket session, returned ready to run.
+pub(crate) async fn upgrade<S: Stream>(io: S, worker: &Rc<Worker>) -> Option<session::Session<S>> {
+    // Boxed so the HTTP phase's state is not part of the caller's future.
+    let up = Box::pin(http::serve(io, worker)).await?;
+    Some(session::Session::new(up.io, &up.read_ahead, up.slot))
+}
+
+impl Worker {
+    /// A worker outside a running server, for [`crate::standalone`].
+    pub(crate) fn standalone(shared: Arc<Shared>) -> Rc<Worker> {
+        Rc::new(Worker {
+            metrics: shared.metrics.workers[0].clone(),
+            shared,
+            sessions: Default::default(),
+            buffers: Default::default(),
+        })
+    }
 }
 
 /// Runs worker `id` on this thread until the drain completes.
