@@ -61,6 +61,13 @@ pub struct Config {
     #[arg(long, env = "RINGWS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Write-stall check period: a session whose writes make no progress
+    /// for a whole period (a peer that sends but never reads) is closed. While
+    /// a write waits the session reads nothing more, so such a peer costs at
+    /// most one message plus the kernel's socket buffers. `0s` disables.
+    #[arg(long, env = "RINGWS_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
     /// Time allowed for a client to send its HTTP request headers (slowloris
     /// defence); also closes idle keep-alive HTTP connections.
     #[arg(long, env = "RINGWS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -92,6 +99,7 @@ impl Default for Config {
             max_connections: None,
             max_message_size: 16 << 20,
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
@@ -123,6 +131,7 @@ mod tests {
             assert_eq!(parsed.path, default.path);
             assert_eq!(parsed.max_message_size, default.max_message_size);
             assert_eq!(parsed.idle_timeout, default.idle_timeout);
+            assert_eq!(parsed.write_timeout, default.write_timeout);
             assert_eq!(parsed.drain_timeout, default.drain_timeout);
             assert_eq!(parsed.io, default.io);
         }

@@ -55,8 +55,8 @@ impl Drain {
 }
 
 /// One worker's sessions: a table of their wakers, through which the worker
-/// tells them to close (drain) or to check whether their peer went quiet
-/// (idle ticks).
+/// tells them to close (drain) or to look at their timers: whether their
+/// peer went quiet ([`Tick::IDLE`]) or stopped reading ([`Tick::STALL`]).
 ///
 /// This replaces a timer and a notification future per session (~176 bytes
 /// each): a session holds only its key; the table holds its waker and two
@@ -71,7 +71,18 @@ pub struct LocalSessions {
 #[derive(Debug, Default)]
 struct Entry {
     waker: Option<Waker>,
-    tick: bool,
+    ticks: u8,
+}
+
+/// Periodic checks delivered to sessions, as bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick;
+
+impl Tick {
+    /// An `--idle-timeout` period passed.
+    pub const IDLE: u8 = 1;
+    /// A `--write-timeout` period passed.
+    pub const STALL: u8 = 2;
 }
 
 impl LocalSessions {
@@ -105,10 +116,10 @@ impl LocalSessions {
         }
     }
 
-    /// True (once) if an idle tick reached session `key` since it last asked.
+    /// The ticks ([`Tick`] bits) that reached session `key` since it last asked.
     #[inline]
-    pub fn take_tick(&self, key: usize) -> bool {
-        std::mem::take(&mut self.table.borrow_mut()[key].tick)
+    pub fn take_ticks(&self, key: usize) -> u8 {
+        std::mem::take(&mut self.table.borrow_mut()[key].ticks)
     }
 
     /// True once the worker has told its sessions to close.
@@ -117,14 +128,14 @@ impl LocalSessions {
         self.closing.get()
     }
 
-    /// Marks an idle tick on every session and wakes them to look at it.
-    pub fn tick_all(&self) {
+    /// Marks `tick` (a [`Tick`] bit) on every session and wakes them to look at it.
+    pub fn tick_all(&self, tick: u8) {
         let wakers: Vec<Waker> = {
             let mut table = self.table.borrow_mut();
             table
                 .iter_mut()
                 .filter_map(|(_, e)| {
-                    e.tick = true;
+                    e.ticks |= tick;
                     e.waker.clone()
                 })
                 .collect()
@@ -172,15 +183,16 @@ mod tests {
         let a = sessions.enter();
         let b = sessions.enter();
         sessions.park(a, &Context::from_waker(&waker));
-        sessions.tick_all();
+        sessions.tick_all(Tick::IDLE);
+        sessions.tick_all(Tick::STALL);
         assert_eq!(
             count.0.load(Ordering::SeqCst),
-            1,
+            2,
             "only parked sessions are woken"
         );
-        assert!(sessions.take_tick(a));
-        assert!(!sessions.take_tick(a));
-        assert!(sessions.take_tick(b));
+        assert_eq!(sessions.take_ticks(a), Tick::IDLE | Tick::STALL);
+        assert_eq!(sessions.take_ticks(a), 0);
+        assert_eq!(sessions.take_ticks(b), Tick::IDLE | Tick::STALL);
         sessions.leave(a);
         sessions.leave(b);
         assert_eq!(sessions.open(), 0);

@@ -104,6 +104,8 @@ pub struct WorkerMetrics {
     pub bytes_out: LocalCounter,
     /// Close frames sent, by our choice or in reply.
     pub closes_sent: LocalCounter,
+    /// Sessions closed because their writes stalled (`--write-timeout`).
+    pub write_stalls: LocalCounter,
     /// Handshake failures, indexed like [`HandshakeFailure::ALL`].
     pub handshake_failures: [LocalCounter; 9],
 }
@@ -218,6 +220,12 @@ impl Collector for Scrape {
             "ringws_closes_sent",
             "Close frames sent.",
             m.sum(|w| &w.closes_sent),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_write_stalls",
+            "Sessions closed because the peer stopped reading (--write-timeout).",
+            m.sum(|w| &w.write_stalls),
         )?;
 
         let proto = ConstCounter::new(0u64);

@@ -34,6 +34,7 @@ use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role, WebSocket, WebSock
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::buffers::BufferPool;
+use crate::drain::Tick;
 
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
@@ -97,6 +98,9 @@ pub struct Session<S> {
     heard: bool,
     /// Pinged after a silent idle period, not answered yet.
     pinged: bool,
+    /// Bytes of `out` written at the last write-stall tick, if one came
+    /// while `out` was pending.
+    stall_mark: Option<usize>,
 }
 
 /// A fragmented message in progress.
@@ -186,6 +190,7 @@ impl<S: Stream> Session<S> {
             message: None,
             heard: false,
             pinged: false,
+            stall_mark: None,
         }
     }
 
@@ -314,9 +319,21 @@ impl<S: Stream> Session<S> {
                             m.bytes_out.add(out.payload.len() as u64);
                         }
                         this.out = None;
+                        this.stall_mark = None;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {
+                        // The peer is not reading. Nothing more is read
+                        // meanwhile (backpressure); a whole --write-timeout
+                        // period without progress closes the connection (no
+                        // Close frame can get through).
+                        if sessions.take_ticks(key) & Tick::STALL != 0 {
+                            if this.stall_mark == Some(out.written) {
+                                worker.metrics.write_stalls.add(1);
+                                return Poll::Ready(End::Gone);
+                            }
+                            this.stall_mark = Some(out.written);
+                        }
                         sessions.park(key, cx);
                         return Poll::Pending;
                     }
@@ -344,7 +361,7 @@ impl<S: Stream> Session<S> {
                     if sessions.closing() || worker.shared.drain.is_draining() {
                         return Poll::Ready(fail(1001, "server is draining"));
                     }
-                    if sessions.take_tick(key) {
+                    if sessions.take_ticks(key) & Tick::IDLE != 0 {
                         if let Err(end) = this.on_tick() {
                             return Poll::Ready(end);
                         }

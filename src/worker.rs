@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::drain::Tick;
 use crate::io::{self, Choice, Handler, Stream};
 use crate::metrics::WorkerMetrics;
 use crate::server::Shared;
@@ -115,14 +116,20 @@ pub(crate) fn run(
             buffers: Default::default(),
         });
         let accept = tokio::task::spawn_local(io::accept_loop(backend, listener, worker.clone()));
-        let idle = shared.config.idle_timeout;
-        if !idle.is_zero() {
+        for (period, tick) in [
+            (shared.config.idle_timeout, Tick::IDLE),
+            (shared.config.write_timeout, Tick::STALL),
+        ] {
+            if period.is_zero() {
+                continue;
+            }
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
-                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+                let start = tokio::time::Instant::now() + period;
+                let mut ticks = tokio::time::interval_at(start, period);
                 loop {
                     ticks.tick().await;
-                    worker.sessions.tick_all();
+                    worker.sessions.tick_all(tick);
                 }
             });
         }

@@ -77,3 +77,48 @@ async fn stalled_handshake_is_closed_after_the_timeout() {
         server.shutdown().unwrap();
     }
 }
+
+#[tokio::test]
+async fn peer_that_never_reads_is_closed_after_the_write_timeout() {
+    for io in BACKENDS {
+        let server = start(io, |c| c.write_timeout = Duration::from_millis(300));
+        let addr = server.local_addr();
+        // Sends 64 KiB messages as fast as it can and never reads an echo.
+        let hog = raw_upgrade(addr, &[]).await;
+        let (_hog_read, mut hog_write) = hog.into_split();
+        let frame = masked(true, 2, &vec![5u8; 64 << 10]);
+        let sender = tokio::spawn(async move {
+            let mut sent = 0usize;
+            while hog_write.write_all(&frame).await.is_ok() {
+                sent += 1;
+            }
+            sent
+        });
+        // Meanwhile another session echoes normally.
+        let mut good = raw_upgrade(addr, &[]).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            good.write_all(&masked(true, 1, b"unaffected"))
+                .await
+                .unwrap();
+            assert_eq!(read_frame(&mut good).await.payload, b"unaffected", "{io:?}");
+            let (_, _, metrics) = http_get(addr, "/metrics").await;
+            if metrics.contains("ringws_write_stalls_total 1\n") {
+                assert!(
+                    metrics.contains("ringws_sessions_open 1\n"),
+                    "{io:?}: {metrics}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{io:?}: never closed: {metrics}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The hog's writes now fail: the server closed the connection.
+        let sent = tokio::time::timeout(Duration::from_secs(10), sender)
+            .await
+            .expect("hog's writes end")
+            .unwrap();
+        assert!(sent > 0);
+        server.shutdown().unwrap();
+    }
+}
