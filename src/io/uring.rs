@@ -6,8 +6,10 @@
 //! tokio-uring hands a buffer to the kernel with each operation and gives it
 //! back on completion; hyper and fastwebsockets want poll-based
 //! `AsyncRead`/`AsyncWrite`. [`UringStream`] keeps at most one read and one
-//! write operation in flight. Each operation's future lives inline in the
-//! (boxed once per connection) adapter, so polling never allocates.
+//! write operation in flight. Both live inline in the (boxed once per
+//! connection) adapter, so polling never allocates: the write as tokio-uring's
+//! named `InFlightOneshot`, the read as the future of its `read` (unnameable,
+//! hence a generic parameter built through a function pointer).
 //!
 //! * **Read**: `poll_read` first hands out bytes left from the last
 //!   completion; otherwise it polls the in-flight read, or starts one into the
@@ -19,9 +21,10 @@
 //!   connection that carries small messages pins only a small buffer in its
 //!   pending read, and mixed sizes do not reallocate per message.
 //! * **Write**: `poll_write` copies the caller's bytes into a staging buffer
-//!   and returns at once (write-behind); a `write_all` operation sends the
-//!   staged bytes, and bytes written meanwhile are staged behind it and sent
-//!   by the next operation, so several frames go out in one `send`. Staging is
+//!   and returns at once (write-behind); a write operation sends the staged
+//!   bytes (the rest of a short write is resubmitted first), and bytes
+//!   written meanwhile are staged behind it and sent by the next operation,
+//!   so several frames go out in one `send`. Staging is
 //!   bounded: past 64 KiB `poll_write` waits. `poll_flush` waits until all is
 //!   sent; a failed send is reported by the next write or flush. `poll_read`
 //!   also drives the write side, since a session that wrote and went back to
@@ -40,6 +43,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_uring::net::TcpStream;
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use super::Handler;
 
@@ -145,23 +149,31 @@ const WRITE_HIGH_WATER: usize = 64 << 10;
 const WRITE_RETAIN: usize = 64 << 10;
 
 type ReadOutput = (io::Result<usize>, Vec<u8>);
-type WriteOutput = (io::Result<()>, Vec<u8>);
 
 async fn read_op(stream: Rc<TcpStream>, buf: Vec<u8>) -> ReadOutput {
     stream.read(buf).await
 }
 
-async fn write_op(stream: Rc<TcpStream>, buf: Vec<u8>) -> WriteOutput {
-    stream.write_all(buf).await
+/// Names the in-flight type of a submitted tokio-uring operation.
+trait Submit {
+    type InFlight;
 }
+
+impl<D: 'static, T: OneshotOutputTransform<StoredData = D>> Submit for UnsubmittedOneshot<D, T> {
+    type InFlight = InFlightOneshot<D, T>;
+}
+
+/// A submitted write: a named type (unlike `write_all`'s future), holding
+/// the socket's fd and the buffer; 56 bytes.
+type WriteOp = <tokio_uring::UnsubmittedWrite<Vec<u8>> as Submit>::InFlight;
 
 pin_project! {
     /// tokio `AsyncRead + AsyncWrite` over a tokio-uring `TcpStream`
     /// (see the module documentation).
     ///
-    /// `R` and `W` are the types of the read and write operation futures;
-    /// they are unnameable, so the adapter is built by [`UringStream::boxed`].
-    pub struct UringStream<R, W> {
+    /// `R` is the type of the read operation's future; it is unnameable, so
+    /// the adapter is built by [`UringStream::boxed`].
+    pub struct UringStream<R> {
         stream: Rc<TcpStream>,
         // Bytes of the last completed read not yet handed out: rbuf[rpos..].
         rbuf: Vec<u8>,
@@ -170,21 +182,19 @@ pin_project! {
         rcap: usize,
         // Consecutive reads of at most READ_MIN bytes.
         small_reads: u8,
+        // A failed write poisons the stream: later writes report this.
+        werr: Option<io::ErrorKind>,
         #[pin]
         read: Option<R>,
         // Bytes staged for the next write operation.
         wnext: Vec<u8>,
         // The buffer of the last completed write, reused for staging.
         wspare: Vec<u8>,
-        #[pin]
-        write: Option<W>,
-        // A failed write poisons the stream: later writes report this.
-        werr: Option<io::ErrorKind>,
+        write: Option<WriteOp>,
         new_read: fn(Rc<TcpStream>, Vec<u8>) -> R,
-        new_write: fn(Rc<TcpStream>, Vec<u8>) -> W,
     }
 
-    impl<R, W> PinnedDrop for UringStream<R, W> {
+    impl<R> PinnedDrop for UringStream<R> {
         fn drop(this: Pin<&mut Self>) {
             if this.read.is_some() || this.write.is_some() {
                 // Completes the pending operations, which otherwise keep
@@ -195,62 +205,68 @@ pin_project! {
     }
 }
 
-impl UringStream<(), ()> {
+impl UringStream<()> {
     /// Wraps an accepted stream. Boxed once per connection so the adapter is
-    /// `Unpin` and its inline operation futures never move.
-    #[allow(clippy::type_complexity)]
-    pub fn boxed(
-        stream: TcpStream,
-    ) -> Pin<Box<UringStream<impl Future<Output = ReadOutput>, impl Future<Output = WriteOutput>>>>
-    {
+    /// `Unpin` and its inline read future never moves.
+    pub fn boxed(stream: TcpStream) -> Pin<Box<UringStream<impl Future<Output = ReadOutput>>>> {
         Box::pin(UringStream {
             stream: Rc::new(stream),
             rbuf: Vec::new(),
             rpos: 0,
             rcap: READ_MIN,
             small_reads: 0,
+            werr: None,
             read: None,
             wnext: Vec::new(),
             wspare: Vec::new(),
             write: None,
-            werr: None,
             new_read: read_op as fn(_, _) -> _,
-            new_write: write_op as fn(_, _) -> _,
         })
     }
 }
 
-impl<R, W> UringStream<R, W>
-where
-    W: Future<Output = WriteOutput>,
-{
-    /// Drives the write side: completes the in-flight operation and starts
-    /// the next one for staged bytes. `Ready(Ok)` means everything staged has
-    /// been sent; `Pending` that an operation is in flight (waker registered).
+impl<R> UringStream<R> {
+    /// Drives the write side: completes the in-flight operation (resubmitting
+    /// what a short write left) and starts the next one for staged bytes.
+    /// `Ready(Ok)` means everything staged has been sent; `Pending` that an
+    /// operation is in flight (waker registered).
     fn poll_write_progress(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut this = self.project();
+        let this = self.project();
         loop {
             if let Some(kind) = *this.werr {
                 return Poll::Ready(Err(kind.into()));
             }
-            if let Some(op) = this.write.as_mut().as_pin_mut() {
-                let (res, mut buf) = ready!(op.poll(cx));
-                this.write.set(None);
-                if buf.capacity() <= WRITE_RETAIN {
-                    buf.clear();
-                    *this.wspare = buf;
-                }
-                if let Err(e) = res {
-                    *this.werr = Some(e.kind());
-                    return Poll::Ready(Err(e));
+            if let Some(op) = this.write.as_mut() {
+                let (res, mut buf) = ready!(Pin::new(op).poll(cx));
+                *this.write = None;
+                match res {
+                    Ok(n) if n > 0 && n < buf.len() => {
+                        // Short write: send the rest before anything staged.
+                        buf.drain(..n);
+                        *this.write = Some(this.stream.write(buf).submit());
+                        continue;
+                    }
+                    Ok(0) if !buf.is_empty() => {
+                        *this.werr = Some(io::ErrorKind::WriteZero);
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Ok(_) => {
+                        if buf.capacity() <= WRITE_RETAIN {
+                            buf.clear();
+                            *this.wspare = buf;
+                        }
+                    }
+                    Err(e) => {
+                        *this.werr = Some(e.kind());
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
             if this.wnext.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             let staged = std::mem::replace(this.wnext, std::mem::take(this.wspare));
-            this.write
-                .set(Some((this.new_write)(this.stream.clone(), staged)));
+            *this.write = Some(this.stream.write(staged).submit());
         }
     }
 
@@ -273,10 +289,9 @@ where
     }
 }
 
-impl<R, W> AsyncRead for UringStream<R, W>
+impl<R> AsyncRead for UringStream<R>
 where
     R: Future<Output = ReadOutput>,
-    W: Future<Output = WriteOutput>,
 {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -336,10 +351,7 @@ where
     }
 }
 
-impl<R, W> AsyncWrite for UringStream<R, W>
-where
-    W: Future<Output = WriteOutput>,
-{
+impl<R> AsyncWrite for UringStream<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
