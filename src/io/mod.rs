@@ -72,6 +72,9 @@ impl fmt::Display for UringUnavailable {
 impl std::error::Error for UringUnavailable {}
 
 /// Resolves `--io` to a backend, probing io_uring when it may be used.
+///
+/// `auto` always probes, so the log says whether io_uring could have been
+/// used; it then takes [`AUTO_PREFERS`] when io_uring is available.
 pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
     let epoll = |fallback| Choice {
         backend: Backend::Epoll,
@@ -80,8 +83,8 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
     };
     match mode {
         IoMode::Epoll => Ok(epoll(None)),
-        IoMode::Auto if AUTO_PREFERS == Backend::Epoll => Ok(epoll(None)),
         IoMode::Uring | IoMode::Auto => match uring::probe() {
+            Ok(_) if mode == IoMode::Auto && AUTO_PREFERS == Backend::Epoll => Ok(epoll(None)),
             Ok(flags) => Ok(Choice {
                 backend: Backend::Uring,
                 uring: Some(flags),
