@@ -23,6 +23,7 @@
 //!
 //! This module never knows which I/O backend it runs on.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -70,6 +71,10 @@ impl From<WebSocketError> for End {
 const fn fail(code: u16, reason: &'static str) -> End {
     End::Close(code, reason)
 }
+
+/// Frames with payloads up to this size are copied next to their header and
+/// written in one piece; larger ones go out as header + payload (writev).
+const COPY_MAX: usize = 1024;
 
 /// Frames handled per poll before the session yields to the other sessions
 /// of its worker (the io_uring stream does not take part in tokio's budget).
@@ -141,9 +146,28 @@ impl Outgoing {
     }
 
     /// Writes what is left: one vectored write for header and payload.
-    fn poll_write<S: Stream>(&mut self, io: &mut S, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write<S: Stream>(
+        &mut self,
+        io: &mut S,
+        scratch: &RefCell<Vec<u8>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         let head_len = usize::from(self.head_len);
         let total = head_len + self.payload.len();
+        if self.written == 0 && self.payload.len() <= COPY_MAX {
+            // Small frames go out as one contiguous write (measured cheaper
+            // in the kernel than a two-part writev); the copy is into the
+            // worker's scratch buffer, so it keeps no state here.
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            buf.extend_from_slice(&self.head[..head_len]);
+            buf.extend_from_slice(&self.payload);
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written = n;
+        }
         while self.written < total {
             let n = if self.written < head_len {
                 let parts = [
@@ -311,7 +335,8 @@ impl<S: Stream> Session<S> {
         let mut budget = FRAMES_PER_POLL;
         loop {
             if let Some(out) = this.out.as_mut() {
-                match out.poll_write(this.ws.as_mut().expect("not done").get_mut(), cx) {
+                let io = this.ws.as_mut().expect("not done").get_mut();
+                match out.poll_write(io, &worker.scratch, cx) {
                     Poll::Ready(Ok(())) => {
                         if out.echo {
                             let m = &worker.metrics;
