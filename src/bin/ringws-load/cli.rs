@@ -1,0 +1,282 @@
+//! Command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "Load generator for WebSocket echo servers on loopback (ringws benchmarks)";
+
+const LONG_ABOUT: &str = "\
+Load generator for WebSocket echo servers on this machine (ringws benchmarks).
+
+It speaks just enough WebSocket (HTTP/1.1 upgrade, masked binary frames) to stay \
+cheap, verifies every echo byte for byte, and only ever connects to loopback \
+(127.0.0.0/8, [::1], localhost): any other target is refused. Every run is bounded \
+by --duration.
+
+The figure to compare servers by is the server's CPU time per message: give \
+--server-pid and the server's utime and stime (/proc/PID/stat fields 14 and 15) \
+are sampled at both ends of the measured window and divided by the messages \
+echoed in it. Throughput on a shared machine mostly measures the client; pin \
+the server and this tool to different cores (taskset -c 0 / taskset -c 1).
+
+Output: a small table on stdout. With --json, one JSON object (one line, the \
+same keys for every mode, null where a figure does not apply) goes to stdout \
+and the table to stderr.
+
+Exit status: 0 when every echo matched and no connection failed, 1 otherwise \
+(mismatch, connection error, server gone, time limit hit while connecting), 2 \
+for a usage error.";
+
+const AFTER: &str = "\
+Examples:
+  taskset -c 0 ringws --bind 127.0.0.1 --port 9001 --workers 1 --io epoll &
+  taskset -c 1 ringws-load echo --url ws://127.0.0.1:9001/ws -c 100 -s 20 --server-pid $!
+  ringws-load rate  --addr 127.0.0.1:9001 -c 100 --rate 100000 --server-pid PID
+  ringws-load idle  --addr 127.0.0.1:9001 -c 15000 --hold 3s --server-pid PID
+  ringws-load churn --addr 127.0.0.1:9001 -c 10 --server-pid PID
+  benches/compare.sh     # all servers and scenarios, best of rounds, ratio table";
+
+#[derive(Debug, Parser)]
+#[command(name = "ringws-load", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Closed loop: N connections, K messages in flight on each; each echo
+    /// is checked and answered with the next message.
+    ///
+    /// Reports server CPU per message (user/sys) first, then msgs/s, payload
+    /// bytes/s and round-trip latency percentiles (HdrHistogram). Time
+    /// between the first --warmup and the end of the window is measured.
+    Echo(EchoArgs),
+    /// Open loop at a fixed total rate spread evenly over N connections.
+    ///
+    /// Messages are sent on schedule whether or not earlier ones were
+    /// echoed; latency runs from each message's intended send time, so a
+    /// stalled server is charged for the whole stall (coordinated omission
+    /// corrected, as wrk2 does). Messages due in the window that are not
+    /// echoed within 2 s after it count as unanswered errors. The pacer
+    /// spins near each deadline, so the client core stays busy.
+    Rate(RateArgs),
+    /// Open N connections, echo one message on each, hold them all idle.
+    ///
+    /// Each connection is bound to its own source address in 127.0.0.0/8
+    /// (IPv4 targets), so N is not bounded by ephemeral ports. Above
+    /// --per-process connections, worker processes (this binary re-executed)
+    /// each hold a share, because of the open-file limit. With --server-pid:
+    /// server RSS once no connection is open (after one warm-up connection
+    /// came and went) and at the end of the hold, and bytes per connection =
+    /// ΔRSS / N. Kernel slab growth per connection comes from /proc/slabinfo
+    /// when readable (root); it counts both ends of each connection.
+    /// --duration bounds the connect phase, --hold the idle phase.
+    Idle(IdleArgs),
+    /// Open, upgrade, echo one message, close (Close frame, wait for the
+    /// server's Close and its TCP close), repeat, over C concurrent loops.
+    ///
+    /// Reports handshakes/s and, with --server-pid, server CPU per
+    /// handshake cycle (µs, user/sys). Source addresses are spread over
+    /// 127.0.0.0/8 so TIME_WAIT sockets do not exhaust ephemeral ports.
+    Churn(ChurnArgs),
+    /// Summarise JSON lines (from benches/compare.sh) into one markdown table:
+    /// best of the rounds per server and scenario, with ratios to a baseline.
+    Report(ReportArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Common {
+    /// WebSocket URL (ws:// only; host must be loopback).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+
+    /// HOST:PORT that replaces the URL's host and port (same loopback rule).
+    #[arg(long)]
+    pub addr: Option<String>,
+
+    /// Length of the measured window (seconds, or e.g. 500ms). For idle it
+    /// bounds the connect phase.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Time run before the window and excluded from it.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Server process to sample: CPU (utime/stime) and RSS at both ends of
+    /// the window.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+
+    /// Client runtime threads (1 = tokio current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Print one JSON object on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Server name recorded in the JSON (used by `report`).
+    #[arg(long)]
+    pub server_name: Option<String>,
+
+    /// Scenario name recorded in the JSON (used by `report`).
+    #[arg(long)]
+    pub scenario: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Connections.
+    #[arg(short = 'c', long, default_value_t = 100)]
+    pub connections: usize,
+
+    /// Payload bytes per message (accepts 16KiB, 1k, ...).
+    #[arg(short = 's', long, default_value = "20", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Messages in flight per connection.
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub inflight: usize,
+
+    /// Send text frames instead of binary ones (the payload is ASCII).
+    #[arg(long)]
+    pub text: bool,
+
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RateArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Connections.
+    #[arg(short = 'c', long, default_value_t = 100)]
+    pub connections: usize,
+
+    /// Payload bytes per message.
+    #[arg(short = 's', long, default_value = "20", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Total messages per second over all connections.
+    #[arg(long)]
+    pub rate: f64,
+
+    /// Send text frames instead of binary ones.
+    #[arg(long)]
+    pub text: bool,
+
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Connections to open and hold.
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub connections: usize,
+
+    /// Payload bytes of the one message echoed on each connection.
+    #[arg(short = 's', long, default_value = "20", value_parser = parse_size)]
+    pub size: usize,
+
+    /// How long to hold the connections once all are open.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub hold: Duration,
+
+    /// Connections being opened at once (per process).
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+
+    /// Most connections one process holds; above it, worker processes share
+    /// them [default: the hard open-file limit minus 256].
+    #[arg(long)]
+    pub per_process: Option<usize>,
+
+    /// Internal: run as worker I of N (set by the parent process).
+    #[arg(long, hide = true, value_name = "I/N")]
+    pub shard: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Concurrent open/echo/close loops.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub connections: usize,
+
+    /// Payload bytes of the message echoed on each connection.
+    #[arg(short = 's', long, default_value = "20", value_parser = parse_size)]
+    pub size: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReportArgs {
+    /// JSON lines written by `--json` runs (with --server-name and --scenario).
+    pub file: PathBuf,
+
+    /// Server the ratios are relative to.
+    #[arg(long, default_value = "fws-echo")]
+    pub baseline: String,
+}
+
+/// Seconds ("6", "0.5") or a humantime duration ("500ms", "2s").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Bytes, with an optional k/KiB/m/MiB suffix (all binary).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        _ => return Err(format!("bad size unit in {s:?} (use k or m)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_sizes_and_durations() {
+        assert_eq!(parse_size("20").unwrap(), 20);
+        assert_eq!(parse_size("16KiB").unwrap(), 16384);
+        assert_eq!(parse_size("1k").unwrap(), 1024);
+        assert!(parse_size("1x").is_err());
+        assert_eq!(parse_duration("6").unwrap(), Duration::from_secs(6));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,212 @@
+//! Pieces every mode uses: the runtime, opening many connections with bounded
+//! concurrency, the warm-up/measure timeline with its /proc samples, and
+//! filling the report.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::Common;
+use crate::procfs::{self, Cpu};
+use crate::report::{Latency, RunReport};
+use crate::stats;
+
+/// A current-thread runtime for one client thread, else a multi-thread one.
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all()
+        .thread_name("ringws-load")
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// Runs `open(i)` for `i` in `0..n`, at most `concurrency` at a time, until
+/// `deadline`. Failures are counted as errors; the slot stays `None`.
+pub async fn open_all<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    deadline: Instant,
+    open: F,
+) -> Vec<Option<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut set = JoinSet::new();
+    let mut next = 0;
+    let mut opened = 0usize;
+    loop {
+        while next < n && set.len() < concurrency.max(1) {
+            let fut = open(next);
+            let i = next;
+            set.spawn(async move { (i, fut.await) });
+            next += 1;
+        }
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok((i, Ok(v))))) => {
+                out[i] = Some(v);
+                opened += 1;
+            }
+            Ok(Some(Ok((i, Err(e))))) => stats::error(format!("connection {i}: {e}")),
+            Ok(Some(Err(e))) => stats::error(format!("connection task: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                set.abort_all();
+                stats::error(format!(
+                    "time limit reached while connecting: {opened} of {n} connections open \
+                     (raise --duration, or lower -c)"
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Server CPU and RSS at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerSample {
+    pub cpu: Cpu,
+    pub rss: u64,
+}
+
+pub fn sample_server(pid: Option<u32>) -> Result<Option<ServerSample>, String> {
+    let Some(pid) = pid else { return Ok(None) };
+    Ok(Some(ServerSample {
+        cpu: procfs::cpu(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?,
+        rss: procfs::rss(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?,
+    }))
+}
+
+/// The samples that bound the measured window.
+pub struct Window {
+    pub server: Option<(ServerSample, ServerSample)>,
+    pub client: Option<(Cpu, Cpu)>,
+    /// Busy CPU time of the whole machine.
+    pub host: Option<(u64, u64)>,
+    pub elapsed: Duration,
+}
+
+/// Warm-up, then the measured window: switches the phase and samples the
+/// server (and this process) at both ends.
+pub async fn run_window(c: &Common) -> Result<Window, String> {
+    stats::set_phase(stats::WARMUP);
+    tokio::time::sleep(c.warmup).await;
+    let s0 = sample_server(c.server_pid)?;
+    let c0 = procfs::own_cpu().ok();
+    let h0 = procfs::host_busy_ns().ok();
+    let t0 = std::time::Instant::now();
+    stats::set_phase(stats::MEASURE);
+    tokio::time::sleep(c.duration).await;
+    stats::set_phase(stats::DONE);
+    let elapsed = t0.elapsed();
+    let s1 = sample_server(c.server_pid)?;
+    let c1 = procfs::own_cpu().ok();
+    let h1 = procfs::host_busy_ns().ok();
+    Ok(Window {
+        server: s0.zip(s1),
+        client: c0.zip(c1),
+        host: h0.zip(h1),
+        elapsed,
+    })
+}
+
+pub fn latency(h: &Histogram<u64>) -> Option<Latency> {
+    if h.is_empty() {
+        return None;
+    }
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    Some(Latency {
+        p50: us(h.value_at_quantile(0.50)),
+        p90: us(h.value_at_quantile(0.90)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
+        mean: (h.mean() / 100.0).round() / 10.0,
+    })
+}
+
+/// A report with the common fields filled in.
+pub fn base_report(mode: &str, c: &Common, url: String, conns: usize, size: usize) -> RunReport {
+    RunReport {
+        tool: "ringws-load".into(),
+        mode: mode.into(),
+        server: c.server_name.clone(),
+        scenario: c.scenario.clone(),
+        url,
+        conns: conns as u64,
+        size: size as u64,
+        threads: c.threads.max(1) as u64,
+        warmup_s: c.warmup.as_secs_f64(),
+        ..Default::default()
+    }
+}
+
+/// Server CPU per unit of work, plus CPU % and RSS, client CPU %, and the
+/// error counters.
+pub fn fill_window(r: &mut RunReport, w: &Window, units: u64, per_handshake: bool) {
+    let secs = w.elapsed.as_secs_f64();
+    r.window_s = (secs * 1000.0).round() / 1000.0;
+    if let Some((a, b)) = &w.server {
+        let user = b.cpu.user_ns.saturating_sub(a.cpu.user_ns) as f64;
+        let sys = b.cpu.sys_ns.saturating_sub(a.cpu.sys_ns) as f64;
+        let wall = b.cpu.at.duration_since(a.cpu.at).as_secs_f64();
+        r.server_cpu_pct = Some(((user + sys) / 1e9 / wall * 1000.0).round() / 10.0);
+        r.server_rss_start = Some(a.rss);
+        r.server_rss_end = Some(b.rss);
+        if units > 0 {
+            let n = units as f64;
+            if per_handshake {
+                let f = |v: f64| (v / n / 100.0).round() / 10.0;
+                r.server_cpu_us_per_handshake = Some(f(user + sys));
+                r.server_user_us_per_handshake = Some(f(user));
+                r.server_sys_us_per_handshake = Some(f(sys));
+            } else {
+                r.server_cpu_ns_per_msg = Some(((user + sys) / n).round());
+                r.server_user_ns_per_msg = Some((user / n).round());
+                r.server_sys_ns_per_msg = Some((sys / n).round());
+            }
+        }
+    }
+    let pct = |ns: f64| (ns / 1e9 / secs * 1000.0).round() / 10.0;
+    if let Some((a, b)) = &w.client {
+        let client = b.total_ns().saturating_sub(a.total_ns()) as f64;
+        r.client_cpu_pct = Some(pct(client));
+        if let Some((h0, h1)) = w.host {
+            let server = w.server.map_or(0, |(s0, s1)| {
+                s1.cpu.total_ns().saturating_sub(s0.cpu.total_ns())
+            });
+            let other = h1.saturating_sub(h0) as f64 - client - server as f64;
+            r.other_cpu_pct = Some(pct(other.max(0.0)));
+        }
+    }
+    finish(r);
+}
+
+/// Error counters and the verdict.
+pub fn finish(r: &mut RunReport) {
+    r.mismatches = stats::mismatches();
+    r.errors = stats::errors();
+    r.first_error = stats::first_error();
+    r.ok = r.mismatches == 0 && r.errors == 0;
+}
+
+/// Waits for the tasks to finish on their own for up to `grace`, then aborts
+/// the rest.
+pub async fn wind_down(set: &mut JoinSet<()>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, set.join_next()).await {}
+    set.abort_all();
+    while set.join_next().await.is_some() {}
+}

@@ -1,0 +1,371 @@
+//! One run's results: the JSON object printed with `--json`, and the small
+//! human table.
+
+use serde::{Deserialize, Serialize};
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One run. Every key is always present (null when it does not apply), so
+/// the schema is the same for every mode.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunReport {
+    pub tool: String,
+    pub mode: String,
+    /// `--server-name` and `--scenario`, for `ringws-load report`.
+    pub server: Option<String>,
+    pub scenario: Option<String>,
+    pub url: String,
+    pub conns: u64,
+    pub size: u64,
+    pub inflight: Option<u64>,
+    pub threads: u64,
+    pub warmup_s: f64,
+    /// Length of the measured window (idle: the hold).
+    pub window_s: f64,
+
+    /// Server CPU per echoed message (echo, rate), nanoseconds.
+    pub server_cpu_ns_per_msg: Option<f64>,
+    pub server_user_ns_per_msg: Option<f64>,
+    pub server_sys_ns_per_msg: Option<f64>,
+    /// Server CPU per handshake cycle (churn), microseconds.
+    pub server_cpu_us_per_handshake: Option<f64>,
+    pub server_user_us_per_handshake: Option<f64>,
+    pub server_sys_us_per_handshake: Option<f64>,
+    /// Server CPU time over the window, % of one core.
+    pub server_cpu_pct: Option<f64>,
+    pub server_rss_start: Option<u64>,
+    pub server_rss_end: Option<u64>,
+
+    /// Echoes received in the window (rate: of messages due in the window).
+    pub msgs: Option<u64>,
+    pub msgs_per_s: Option<f64>,
+    /// Payload bytes echoed per second (each direction).
+    pub bytes_per_s: Option<f64>,
+    pub lat_us: Option<Latency>,
+
+    /// Rate mode: the target rate, messages due in the window, and how many
+    /// of those were never echoed before the grace period ended.
+    pub rate_target: Option<f64>,
+    pub sent: Option<u64>,
+    pub unanswered: Option<u64>,
+    /// Rate mode: how late the client handed messages to the socket after
+    /// their intended send time (its own pacing error, included in lat_us).
+    pub send_lag_us: Option<Latency>,
+
+    /// Churn: open/upgrade/echo/close cycles completed in the window.
+    pub handshakes: Option<u64>,
+    pub handshakes_per_s: Option<f64>,
+    /// Churn: cycles where the server did not close TCP within 1 s of the
+    /// close handshake (the client closed it).
+    pub close_timeouts: Option<u64>,
+
+    /// Idle: connections upgraded and echoed once, still open at the end of
+    /// the hold, and worker processes used.
+    pub connected: Option<u64>,
+    pub alive_end: Option<u64>,
+    pub processes: Option<u64>,
+    /// Idle: server RSS before any connection (after one warm-up connection
+    /// came and went) and at the end of the hold.
+    pub rss_before: Option<u64>,
+    pub rss_after: Option<u64>,
+    pub bytes_per_conn: Option<f64>,
+    /// Idle: kernel slab growth per connection. Both ends of each loopback
+    /// connection live in this kernel, so this counts a client and a server
+    /// socket; `kernel_slab_top` lists the caches that grew most (bytes per
+    /// connection).
+    pub kernel_slab_bytes_per_conn: Option<f64>,
+    pub kernel_slab_top: Option<Vec<(String, i64)>>,
+    /// Idle: TCP socket-buffer memory growth per connection (sockstat).
+    pub tcp_mem_bytes_per_conn: Option<f64>,
+    /// Why a kernel figure is missing, when it is.
+    pub kernel_note: Option<String>,
+
+    /// This process's CPU over the window, % of one core (near 100 means the
+    /// load generator, not the server, was the limit).
+    pub client_cpu_pct: Option<f64>,
+    /// CPU used during the window by everything but the server and this
+    /// process (all CPUs, % of one core): above a few %, other work shared
+    /// the machine and the figures are suspect.
+    pub other_cpu_pct: Option<f64>,
+    pub mismatches: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// No mismatch and no error.
+    pub ok: bool,
+}
+
+/// 1234567 → "1,234,567".
+pub fn int(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+pub fn num(v: f64) -> String {
+    if v.is_finite() && v >= 0.0 {
+        int(v.round() as u64)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+pub fn bytes(v: f64) -> String {
+    let a = v.abs();
+    let sign = if v < 0.0 { "-" } else { "" };
+    if a >= (1 << 30) as f64 {
+        format!("{sign}{:.2} GiB", a / (1u64 << 30) as f64)
+    } else if a >= (1 << 20) as f64 {
+        format!("{sign}{:.1} MiB", a / (1u64 << 20) as f64)
+    } else if a >= 10240.0 {
+        format!("{sign}{:.1} KiB", a / 1024.0)
+    } else {
+        format!("{sign}{a:.0} B")
+    }
+}
+
+/// Microseconds: one decimal below 100, else a whole number.
+pub fn us(v: f64) -> String {
+    if v < 100.0 { format!("{v:.1}") } else { num(v) }
+}
+
+impl RunReport {
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
+
+        if let (Some(c), Some(u), Some(s)) = (
+            self.server_cpu_ns_per_msg,
+            self.server_user_ns_per_msg,
+            self.server_sys_ns_per_msg,
+        ) {
+            row(
+                "server CPU / msg",
+                format!("{} ns  (user {} / sys {})", num(c), num(u), num(s)),
+            );
+        }
+        if let (Some(c), Some(u), Some(s)) = (
+            self.server_cpu_us_per_handshake,
+            self.server_user_us_per_handshake,
+            self.server_sys_us_per_handshake,
+        ) {
+            row(
+                "server CPU / handshake",
+                format!("{c:.1} µs  (user {u:.1} / sys {s:.1})"),
+            );
+        }
+        if let Some(b) = self.bytes_per_conn {
+            row("server RSS / conn", bytes(b));
+        }
+        if let Some(p) = self.server_cpu_pct {
+            row("server CPU", format!("{p:.0} % of a core"));
+        }
+        if let Some(m) = self.msgs_per_s {
+            let bps = self.bytes_per_s.unwrap_or(0.0);
+            row(
+                "throughput",
+                format!("{} msgs/s  ({}/s payload)", num(m), bytes(bps)),
+            );
+        }
+        if let Some(r) = self.rate_target {
+            row(
+                "rate",
+                format!(
+                    "target {} msgs/s, {} due in window, {} unanswered",
+                    num(r),
+                    int(self.sent.unwrap_or(0)),
+                    int(self.unanswered.unwrap_or(0))
+                ),
+            );
+        }
+        if let Some(h) = self.handshakes_per_s {
+            row(
+                "handshakes",
+                format!(
+                    "{} /s  ({} cycles, {} close timeouts)",
+                    num(h),
+                    int(self.handshakes.unwrap_or(0)),
+                    int(self.close_timeouts.unwrap_or(0))
+                ),
+            );
+        }
+        if let Some(l) = &self.lat_us {
+            let what = match self.mode.as_str() {
+                "rate" => "latency µs (from intended send)",
+                "churn" => "cycle µs",
+                _ => "latency µs",
+            };
+            row(
+                what,
+                format!(
+                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                    us(l.p50),
+                    us(l.p90),
+                    us(l.p99),
+                    us(l.p999),
+                    us(l.max)
+                ),
+            );
+        }
+        if let Some(l) = &self.send_lag_us {
+            row(
+                "client send lag µs",
+                format!("p50 {}  p99 {}  max {}", us(l.p50), us(l.p99), us(l.max)),
+            );
+        }
+        if let Some(c) = self.connected {
+            row(
+                "connections",
+                format!(
+                    "{} of {} open and echoed, {} alive at the end{}",
+                    int(c),
+                    int(self.conns),
+                    int(self.alive_end.unwrap_or(0)),
+                    match self.processes {
+                        Some(p) if p > 1 => format!(" ({p} processes)"),
+                        _ => String::new(),
+                    }
+                ),
+            );
+        }
+        if let (Some(b), Some(a)) = (self.rss_before, self.rss_after) {
+            row(
+                "server RSS",
+                format!(
+                    "{} → {} ({})",
+                    bytes(b as f64),
+                    bytes(a as f64),
+                    bytes(a as f64 - b as f64)
+                ),
+            );
+        } else if let (Some(b), Some(a)) = (self.server_rss_start, self.server_rss_end) {
+            row(
+                "server RSS",
+                format!(
+                    "{} → {} ({})",
+                    bytes(b as f64),
+                    bytes(a as f64),
+                    bytes(a as f64 - b as f64)
+                ),
+            );
+        }
+        if self.mode == "idle" {
+            match self.kernel_slab_bytes_per_conn {
+                Some(k) => {
+                    let top: Vec<String> = self
+                        .kernel_slab_top
+                        .iter()
+                        .flatten()
+                        .take(5)
+                        .map(|(n, d)| format!("{n} {}", bytes(*d as f64)))
+                        .collect();
+                    row(
+                        "kernel slab / conn",
+                        format!("{}  (client + server socket; {})", bytes(k), top.join(", ")),
+                    );
+                }
+                None => row(
+                    "kernel slab / conn",
+                    self.kernel_note
+                        .clone()
+                        .unwrap_or_else(|| "unreadable".into()),
+                ),
+            }
+            if let Some(t) = self.tcp_mem_bytes_per_conn {
+                row("TCP buffers / conn", bytes(t));
+            }
+        }
+        if let Some(c) = self.client_cpu_pct {
+            row("client CPU", format!("{c:.0} % of a core"));
+        }
+        if let Some(o) = self.other_cpu_pct {
+            let warn = if o > 10.0 {
+                "  ⚠ other work shared the machine: figures suspect"
+            } else {
+                ""
+            };
+            row("other processes", format!("{o:.0} % of a core{warn}"));
+        }
+        let mut checks = format!("{} mismatches, {} errors", self.mismatches, self.errors);
+        if let Some(e) = &self.first_error {
+            checks.push_str(&format!("; first: {e}"));
+        }
+        row("checks", checks);
+
+        let title = format!(
+            "ringws-load {}  {}  {} conns × {} B{}{}  window {:.1} s{}",
+            self.mode,
+            self.url,
+            int(self.conns),
+            int(self.size),
+            self.inflight
+                .map_or(String::new(), |k| format!(", {k} in flight")),
+            if self.threads > 1 {
+                format!(", {} client threads", self.threads)
+            } else {
+                String::new()
+            },
+            self.window_s,
+            if self.warmup_s > 0.0 && self.mode != "idle" {
+                format!(" (+{:.1} s warm-up)", self.warmup_s)
+            } else {
+                String::new()
+            },
+        );
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = format!("{title}\n");
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<width$}  {v}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(int(0), "0");
+        assert_eq!(int(999), "999");
+        assert_eq!(int(1000), "1,000");
+        assert_eq!(int(1234567), "1,234,567");
+        assert_eq!(bytes(5564.0), "5564 B");
+        assert_eq!(bytes(3.0 * 1048576.0), "3.0 MiB");
+    }
+
+    #[test]
+    fn json_round_trips_with_nulls() {
+        let r = RunReport {
+            mode: "echo".into(),
+            ok: true,
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"msgs_per_s\":null"));
+        let back: RunReport = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.mode, "echo");
+        assert!(!back.table().is_empty());
+    }
+}
