@@ -9,7 +9,8 @@ use clap::{Parser, ValueEnum};
 /// Which I/O backend the workers run on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IoMode {
-    /// Probe io_uring at startup and fall back to epoll when it is unavailable.
+    /// Probe io_uring at startup, then serve on the backend measured cheaper
+    /// per message (epoll, on the kernels measured so far; see README).
     Auto,
     /// tokio-uring (io_uring); exit with an error if the kernel or seccomp forbids it.
     Uring,

@@ -225,3 +225,19 @@ fn io_uring_forbidden_uring_exits_nonzero() {
     assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
     assert!(stderr.contains("EPERM"), "{stderr}");
 }
+
+#[tokio::test]
+async fn auto_serves_on_the_measured_preference_and_says_so() {
+    let (mut server, addr) = Ringws::start(&["--io", "auto"], false);
+    let log = server.log();
+    assert!(
+        log.contains("io_uring is available; --io auto prefers epoll"),
+        "{log}"
+    );
+    assert!(log.contains("backend=epoll"), "{log}");
+    let mut s = raw_upgrade(addr, &masked(true, 1, b"auto")).await;
+    assert_eq!(read_frame(&mut s).await.payload, b"auto");
+    drop(s);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait(Duration::from_secs(10)).success());
+}

@@ -40,9 +40,12 @@ impl fmt::Display for Backend {
 
 /// The backend `--io auto` picks when io_uring is available.
 ///
-/// Decided by measurement (README, "Performance"): until the benchmarks of
-/// the real server show otherwise, io_uring is preferred.
-pub const AUTO_PREFERS: Backend = Backend::Uring;
+/// Decided by measurement (README, "Performance"; re-measure on your kernel
+/// with `benches/compare.sh`): on this machine's kernel (6.18) the epoll
+/// backend cost less server CPU per message than the io_uring one in every
+/// scenario (20 B, 1 KiB, 16 KiB, handshakes) and less than half the memory
+/// per idle connection, as DESIGN.md's prototypes had found.
+pub const AUTO_PREFERS: Backend = Backend::Epoll;
 
 /// The outcome of [`choose`].
 #[derive(Clone, Debug)]
