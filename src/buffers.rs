@@ -7,7 +7,7 @@
 //! never allocates, and memory scales with the sessions active at once, not
 //! with the sessions open.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
 
@@ -15,22 +15,28 @@ use bytes::BytesMut;
 const BUFFER: usize = 8 << 10;
 /// Buffers that grew past this (large messages) are freed, not pooled.
 const POOL_MAX_BUFFER: usize = 64 << 10;
-/// Most buffers kept for reuse per worker (8 MiB at the default size).
-const POOL_MAX_COUNT: usize = 1024;
+/// Most bytes of buffers kept for reuse per worker (1,024 buffers of the
+/// default size): what a burst of activity can leave behind.
+const POOL_MAX_BYTES: usize = 8 << 20;
 
 /// Free read buffers of one worker (single-threaded).
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: RefCell<Vec<BytesMut>>,
+    /// Capacity of the buffers in `free`.
+    bytes: Cell<usize>,
 }
 
 impl BufferPool {
     /// A buffer to read into: a pooled one, or a new one.
     pub fn take(&self) -> BytesMut {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
+        match self.free.borrow_mut().pop() {
+            Some(buf) => {
+                self.bytes.set(self.bytes.get() - buf.capacity());
+                buf
+            }
+            None => BytesMut::with_capacity(BUFFER),
+        }
     }
 
     /// Returns an empty buffer. Its payload slices (already-echoed frames)
@@ -43,9 +49,10 @@ impl BufferPool {
         // Unique and empty: `reserve` moves the start back to the beginning
         // of the allocation instead of allocating.
         buf.reserve(BUFFER);
-        let mut free = self.free.borrow_mut();
-        if buf.capacity() <= POOL_MAX_BUFFER && free.len() < POOL_MAX_COUNT {
-            free.push(buf);
+        let pooled = self.bytes.get() + buf.capacity();
+        if buf.capacity() <= POOL_MAX_BUFFER && pooled <= POOL_MAX_BYTES {
+            self.bytes.set(pooled);
+            self.free.borrow_mut().push(buf);
         }
     }
 
@@ -71,6 +78,18 @@ mod tests {
         let again = pool.take();
         assert_eq!(again.as_ptr() as usize, ptr);
         assert!(again.capacity() >= BUFFER);
+    }
+
+    #[test]
+    fn pooled_bytes_are_bounded() {
+        let pool = BufferPool::default();
+        for _ in 0..(POOL_MAX_BYTES / (32 << 10)) * 2 {
+            pool.give(BytesMut::with_capacity(32 << 10));
+        }
+        assert!(pool.bytes.get() <= POOL_MAX_BYTES);
+        assert_eq!(pool.pooled(), POOL_MAX_BYTES / (32 << 10));
+        let taken = pool.take();
+        assert_eq!(pool.bytes.get(), POOL_MAX_BYTES - taken.capacity());
     }
 
     #[test]

@@ -145,8 +145,11 @@ const SHRINK_AFTER: u8 = 16;
 const READ_MAX: usize = 64 << 10;
 /// Staged write bytes beyond which `poll_write` waits for the socket.
 const WRITE_HIGH_WATER: usize = 64 << 10;
-/// Write buffers larger than this are released after use rather than kept.
-const WRITE_RETAIN: usize = 64 << 10;
+/// Write buffers larger than this are released after use rather than kept
+/// (a burst of large messages must not leave two large buffers behind on
+/// every connection). 48 KiB: staging grows by doubling, so traffic around
+/// 16 KiB ends up with ~32 KiB buffers, which must stay reusable.
+const WRITE_RETAIN: usize = 48 << 10;
 
 type ReadOutput = (io::Result<usize>, Vec<u8>);
 
