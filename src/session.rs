@@ -206,6 +206,7 @@ impl<S: Stream> Session<S> {
             *buf = worker.buffers.take();
             buf.extend_from_slice(read_ahead);
         }
+        tracing::debug!(key = slot.key(), "session started");
         Session {
             ws: Some(ws),
             slot,
