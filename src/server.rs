@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::config::{Config, IoMode};
@@ -137,16 +137,38 @@ impl Server {
         self.choice.backend
     }
 
-    /// Starts one thread per worker and returns at once.
+    /// Starts one thread per worker. Each builds its runtime first; only when
+    /// all have does any start accepting, so a worker that cannot get a
+    /// runtime (e.g. out of file descriptors) fails the start, with its
+    /// error, instead of racing workers that already consume descriptors.
     pub fn start(self) -> io::Result<RunningServer> {
-        let mut threads = Vec::with_capacity(self.listeners.len());
+        let workers = self.listeners.len();
+        let gate = Arc::new(StartGate::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let mut threads = Vec::with_capacity(workers);
         for (id, listener) in self.listeners.into_iter().enumerate() {
             let shared = self.shared.clone();
             let choice = self.choice.clone();
+            let gate = gate.clone();
+            let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringws-w{id}"))
                 .spawn(move || {
-                    let res = worker::run(id, &choice, listener, shared.clone());
+                    let runtime = match backends::Runtime::new(&choice) {
+                        Ok(rt) => {
+                            let _ = ready.send(Ok(()));
+                            rt
+                        }
+                        Err(e) => {
+                            let msg = format!("worker {id}: cannot build its runtime: {e}");
+                            let _ = ready.send(Err(io::Error::new(e.kind(), msg)));
+                            return Err(e);
+                        }
+                    };
+                    if !gate.wait() {
+                        return Ok(());
+                    }
+                    let res = worker::run(id, &runtime, choice.backend, listener, shared.clone());
                     if let Err(e) = &res {
                         tracing::error!(worker = id, error = %e, "worker failed; draining");
                         shared.drain.start();
@@ -155,12 +177,58 @@ impl Server {
                 })?;
             threads.push(thread);
         }
+        drop(ready_tx);
+        let mut failed = None;
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(_) => {
+                    failed.get_or_insert(io::Error::other("a worker thread exited early"));
+                }
+            }
+        }
+        gate.open(failed.is_none());
+        if let Some(e) = failed {
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
         Ok(RunningServer {
             shared: self.shared,
             threads,
             local_addr: self.local_addr,
             backend: self.choice.backend,
         })
+    }
+}
+
+/// Holds workers between building their runtimes and serving, until all
+/// are ready (go) or one failed (stop).
+#[derive(Default)]
+struct StartGate {
+    decision: Mutex<Option<bool>>,
+    decided: Condvar,
+}
+
+impl StartGate {
+    /// Blocks until decided; true means serve.
+    fn wait(&self) -> bool {
+        let mut d = self.decision.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(go) = *d {
+                return go;
+            }
+            d = self.decided.wait(d).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self, go: bool) {
+        *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        self.decided.notify_all();
     }
 }
 

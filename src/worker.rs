@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::drain::Tick;
-use crate::io::{self, Choice, Handler, Stream};
+use crate::io::{self, Backend, Handler, Stream};
 use crate::metrics::WorkerMetrics;
 use crate::server::Shared;
 use crate::{http, session};
@@ -106,12 +106,12 @@ impl Worker {
 /// Runs worker `id` on this thread until the drain completes.
 pub(crate) fn run(
     id: usize,
-    choice: &Choice,
+    runtime: &io::Runtime,
+    backend: Backend,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
-    let backend = choice.backend;
-    io::block_on(choice, async move {
+    runtime.block_on(async move {
         let worker = Rc::new(Worker {
             metrics: shared.metrics.workers[id].clone(),
             shared: shared.clone(),
@@ -158,5 +158,5 @@ pub(crate) fn run(
             );
         }
         Ok(())
-    })?
+    })
 }

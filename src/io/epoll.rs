@@ -1,16 +1,15 @@
 //! The epoll backend: a tokio current-thread runtime per worker.
 
-use std::future::Future;
 use std::io;
 
 use super::Handler;
 
-/// Runs `f` on a new current-thread tokio runtime with a `LocalSet`.
-pub fn block_on<F: Future>(f: F) -> io::Result<F::Output> {
+/// A new current-thread tokio runtime with a `LocalSet` to run `!Send` tasks.
+pub fn runtime() -> io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(tokio::task::LocalSet::new().block_on(&rt, f))
+    Ok((rt, tokio::task::LocalSet::new()))
 }
 
 /// Accepts on `listener` forever; tokio's `TcpStream` is the stream.

@@ -99,14 +99,41 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
     }
 }
 
-/// Runs `f` to completion on this thread, on a fresh single-threaded runtime
-/// of the chosen backend. Inside, `tokio::task::spawn_local`, `tokio::time`
-/// and `tokio::sync` work on both backends.
-pub fn block_on<F: Future>(choice: &Choice, f: F) -> io::Result<F::Output> {
-    match (choice.backend, &choice.uring) {
-        (Backend::Uring, Some(flags)) => uring::block_on(flags, f),
-        _ => epoll::block_on(f),
+/// A worker's single-threaded runtime, of the chosen backend. Built before
+/// the worker serves, so that a worker that cannot get one (no file
+/// descriptors, no memory) fails the server's start rather than its service.
+pub enum Runtime {
+    /// tokio-uring's runtime (a tokio current-thread runtime with a ring).
+    Uring(tokio_uring::Runtime),
+    /// A tokio current-thread runtime with a `LocalSet`.
+    Epoll(tokio::runtime::Runtime, tokio::task::LocalSet),
+}
+
+impl Runtime {
+    /// Builds the runtime for `choice`.
+    pub fn new(choice: &Choice) -> io::Result<Runtime> {
+        Ok(match (choice.backend, &choice.uring) {
+            (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
+            _ => {
+                let (rt, local) = epoll::runtime()?;
+                Runtime::Epoll(rt, local)
+            }
+        })
     }
+
+    /// Runs `f` to completion on this thread. Inside, `spawn_local`,
+    /// `tokio::time` and `tokio::sync` work on both backends.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        match self {
+            Runtime::Uring(rt) => rt.block_on(f),
+            Runtime::Epoll(rt, local) => local.block_on(rt, f),
+        }
+    }
+}
+
+/// Builds a runtime for `choice` and runs `f` on it.
+pub fn block_on<F: Future>(choice: &Choice, f: F) -> io::Result<F::Output> {
+    Ok(Runtime::new(choice)?.block_on(f))
 }
 
 /// A byte stream the HTTP and WebSocket layers can run on.

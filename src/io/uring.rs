@@ -111,12 +111,16 @@ fn explain(e: &io::Error) -> String {
 /// Runs `f` on a new tokio-uring runtime (never `tokio_uring::start`, which
 /// panics when io_uring is unavailable).
 pub fn block_on<F: Future>(flags: &RingFlags, f: F) -> io::Result<F::Output> {
+    Ok(runtime(flags)?.block_on(f))
+}
+
+/// A tokio-uring runtime with `flags`.
+pub fn runtime(flags: &RingFlags) -> io::Result<tokio_uring::Runtime> {
     let mut builder = tokio_uring::builder();
     builder
         .entries(flags.entries)
         .uring_builder(&ring_builder(flags.coop_taskrun));
-    let rt = tokio_uring::Runtime::new(&builder)?;
-    Ok(rt.block_on(f))
+    tokio_uring::Runtime::new(&builder)
 }
 
 /// Accepts on `listener` forever; the stream is a boxed [`UringStream`].

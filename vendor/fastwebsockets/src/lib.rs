@@ -615,6 +615,8 @@ impl<'f, S> WebSocket<S> {
 }
 
 const MAX_HEADER_SIZE: usize = 14;
+/// Most spare capacity reserved ahead of a frame's bytes (ringws patch).
+const READ_AHEAD: usize = 64 << 10;
 
 impl ReadHalf {
   pub fn after_handshake(role: Role) -> Self {
@@ -811,9 +813,12 @@ impl ReadHalf {
 
     let frame_len = header_len + payload_len;
     if buf.len() < frame_len {
-      // Reserve a bit more to try to get next frame header and avoid a syscall to read it next time
+      // Reserve a bit more to try to get next frame header and avoid a syscall to read it next time.
+      // ringws patch: at most READ_AHEAD at a time, so the buffer grows with the
+      // bytes that arrive, not with the length a peer announces (upstream
+      // reserved the whole announced frame: 16 MiB for a 14-byte header).
       let missing = frame_len - buf.len();
-      self.buffer.reserve(missing + MAX_HEADER_SIZE);
+      self.buffer.reserve((missing + MAX_HEADER_SIZE).min(READ_AHEAD));
       return Ok(None);
     }
 
