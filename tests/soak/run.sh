@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Soak: both backends at about half their measured capacity for SOAK_SECONDS
+# each, with connections joining and leaving; fails on a rising trend or any
+# echo mismatch. Not part of `cargo test`.
+#
+#   SOAK_SECONDS=60 bash tests/soak/run.sh      # CI
+#   bash tests/soak/run.sh                      # 600 s per backend
+#
+# Per backend:
+#   1. ringws (release) with one worker, pinned to core 0 (taskset); the
+#      clients are pinned to core 1.
+#   2. Capacity: `ringws-load echo` closed loop, 100 connections x 16 in
+#      flight, 1 KiB messages, 5 s; the steady rate is half of its msgs/s.
+#   3. For SOAK_SECONDS: `ringws-load rate` at that rate over 100 connections
+#      (every echo checked; it exits non-zero on a mismatch or a connection
+#      error), and tests/soak/soak.py: connections joining at 20/s, living
+#      1-10 s, echoing every 200 ms with every byte checked, leaving by Close,
+#      FIN or reset; RSS, fds and ringws_sessions_open sampled every second.
+#   4. Checks (soak.py's docstring): no mismatch; RSS slope over the second
+#      half <= SOAK_RSS_SLOPE_KIB KiB/s (default 4, ~14 MiB/hour); slope of
+#      (fds - sessions) over the second half <= 0.1/s; the gauge never above
+#      the connected clients, back to 0, and the fds back to the idle
+#      server's count, within 10 s after the clients leave; ringws-load
+#      rate exited 0 (no mismatch, nothing unanswered); ringws still running.
+# Samples go to $SOAK_OUT (default target/soak/) as soak-BACKEND.csv.
+# Last line: "soak: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+seconds=${SOAK_SECONDS:-600}
+backends=${SOAK_BACKENDS:-uring epoll}
+out=${SOAK_OUT:-target/soak}
+rss_slope=${SOAK_RSS_SLOPE_KIB:-4}
+port_base=${SOAK_PORT:-9590}
+mkdir -p "$out"
+
+if [ ! -x target/release/ringws ] || [ ! -x target/release/ringws-load ]; then
+    echo "== cargo build --release (ringws, ringws-load)"
+    cargo build --release --locked --bin ringws --bin ringws-load || exit 1
+fi
+
+pin_server=()
+pin_client=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0)
+    pin_client=(taskset -c 1)
+fi
+
+passed=0
+failed=0
+result() { # name ok detail
+    if [ "$2" = ok ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+    echo "check $1: $2 $3"
+}
+
+n=0
+for io in $backends; do
+    n=$((n + 1))
+    port=$((port_base + n))
+    addr=127.0.0.1:$port
+    echo "== $io: ringws on $addr for ${seconds}s"
+    "${pin_server[@]}" target/release/ringws --bind 127.0.0.1 --port "$port" --workers 1 \
+        --io "$io" --log warn 2>"$out/ringws-$io.log" &
+    server=$!
+    for _ in $(seq 50); do
+        curl -fs "http://$addr/healthz" >/dev/null 2>&1 && break
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
+        sleep 0.1
+    done
+
+    cap_json=$("${pin_client[@]}" target/release/ringws-load echo --addr "$addr" -c 100 -k 16 \
+        -s 1KiB --duration 5s --warmup 1s --json --server-pid "$server" 2>/dev/null)
+    capacity=$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["msgs_per_s"]))' "$cap_json" 2>/dev/null || echo 0)
+    if [ "$capacity" -le 0 ]; then
+        result "$io capacity" FAIL "could not measure capacity: $cap_json"
+        kill "$server" 2>/dev/null
+        wait "$server" 2>/dev/null
+        continue
+    fi
+    rate=$((capacity / 2))
+    sleep 1 # the capacity run's connections close
+    base_fds=$(ls "/proc/$server/fd" | wc -l)
+    echo "$io: capacity $capacity msgs/s (1 KiB, closed loop); soak rate $rate msgs/s"
+
+    "${pin_client[@]}" target/release/ringws-load rate --addr "$addr" -c 100 -s 1KiB \
+        --rate "$rate" --duration "${seconds}s" --warmup 0s --json \
+        >"$out/load-$io.json" 2>"$out/load-$io.txt" &
+    load=$!
+    "${pin_client[@]}" python3 tests/soak/soak.py --addr "$addr" --pid "$server" \
+        --load-pid "$load" --load-connections 100 --seconds "$seconds" --base-fds "$base_fds" \
+        --rss-slope-kib "$rss_slope" --csv "$out/soak-$io.csv" >"$out/checks-$io.txt" 2>&1
+    soak_rc=$?
+    wait "$load"
+    load_rc=$?
+    checks=0
+    while IFS= read -r line; do
+        if [[ $line =~ ^check\ ([a-z_]+):\ (ok|FAIL)\ (.*)$ ]]; then
+            result "$io ${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+            checks=$((checks + 1))
+        fi
+    done <"$out/checks-$io.txt"
+    if [ "$checks" = 0 ]; then
+        result "$io soak.py" FAIL "exited $soak_rc without checks: $(tail -5 "$out/checks-$io.txt")"
+    fi
+    load_summary=$(python3 -c '
+import json,sys
+try:
+    j=json.load(open(sys.argv[1]))
+    print("%d msgs at %.0f/s, %d mismatches, %d errors, %s unanswered, p99 %.0f us" % (j["msgs"], j["msgs_per_s"], j["mismatches"], j["errors"], j["unanswered"], j["lat_us"]["p99"]))
+except Exception as e:
+    print("no result:", e)
+' "$out/load-$io.json")
+    if [ "$load_rc" = 0 ]; then
+        result "$io steady_load" ok "ringws-load rate: $load_summary"
+    else
+        result "$io steady_load" FAIL "ringws-load rate exited $load_rc: $load_summary; $(tail -3 "$out/load-$io.txt")"
+    fi
+    if kill -0 "$server" 2>/dev/null; then
+        result "$io alive" ok "ringws still running"
+    else
+        result "$io alive" FAIL "ringws exited: $(tail -5 "$out/ringws-$io.log")"
+    fi
+    kill "$server" 2>/dev/null
+    wait "$server" 2>/dev/null
+done
+
+echo "soak: $passed passed, $failed failed"
+[ "$failed" = 0 ]
