@@ -501,3 +501,15 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn session_future_stays_small() {
+        // What an idle connection costs, plus tokio's task header and
+        // trailer (~100 B; the task is 128-byte aligned, so up to ~280 B the
+        // task stays a 384-byte allocation): README, "How it is built".
+        let size = std::mem::size_of::<super::Session<tokio::net::TcpStream>>();
+        assert!(size <= 280, "Session<TcpStream> grew to {size} B");
+    }
+}
