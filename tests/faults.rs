@@ -1010,14 +1010,15 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     }
 }
 
-/// A burst of connections right at startup with a tight RLIMIT_NOFILE: the
-/// first worker accepts (and uses up the descriptors) while another is
-/// still building its runtime (an io_uring or epoll instance needs
-/// descriptors too); that worker fails with EMFILE, and a failed worker
-/// drains and stops the whole server ("worker failed; draining ... Too
-/// many open files", exit 1). Racy by nature, so it tries 15 times.
+/// A burst of connections right at startup with a tight RLIMIT_NOFILE must
+/// not stop the server. Regression: the first worker accepted (and used up
+/// the descriptors) while another was still building its runtime (an
+/// io_uring or epoll instance needs descriptors too); that worker failed
+/// with EMFILE, and a failed worker drained and stopped the whole server
+/// ("worker failed; draining ... Too many open files", exit 1). Workers now
+/// build their runtimes before any accepts. Racy by nature, so it tries 15
+/// times per backend.
 #[tokio::test]
-
 async fn fd_exhaustion_during_startup_does_not_stop_the_server() {
     raise_fd_limit();
     for attempt in 0..15 {
@@ -1056,15 +1057,14 @@ async fn fd_exhaustion_during_startup_does_not_stop_the_server() {
 }
 
 /// A header announcing a 16 MiB frame (the default `--max-message-size`)
-/// followed by 100 bytes: what the server allocates should follow the bytes
-/// that arrived, not the length announced. Today the read buffer reserves
+/// followed by 100 bytes: what the server allocates follows the bytes that
+/// arrived, not the length announced. Regression: the read buffer reserved
 /// the whole announced frame at once (`reserve(missing + 14)` in the
 /// vendored fastwebsockets' `try_parse_frame`): 16 MiB of address space per
 /// connection for 114 bytes sent, and with transparent huge pages about
 /// 2 MiB resident (500 such connections took a release ringws from 12 MB
 /// to 1.07 GB RSS, on either backend).
 #[test]
-
 fn announced_length_is_not_allocated_before_the_bytes_arrive() {
     let mut client = vec![0x82, 0x80 | 127];
     client.extend_from_slice(&(16u64 << 20).to_be_bytes());
