@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         // Odd lengths half-close at once, even ones after the answer.
         eof_early: data.len() % 2 == 1,
     };
-    let (out, heap) = heap_during(|| exchange(&plan));
+    let (out, heap) = exchange(&plan);
     let context = || {
         format!(
             "input: {}\nout: {:?}",

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         pipelined: flags & 1 != 0,
         eof_early: false,
     };
-    let (out, heap) = heap_during(|| exchange(&plan));
+    let (out, heap) = exchange(&plan);
     let context = || {
         format!(
             "plan: pipelined={} cuts={cuts:?}\nwire: {}\nout: {}",

@@ -159,35 +159,49 @@ pub struct Plan<'a> {
 }
 
 /// Serves one connection that sends `plan`, then EOF; returns all the server
-/// wrote until it closed. Panics if the server has not finished within a
-/// minute of (virtual) time.
-pub fn exchange(plan: &Plan<'_>) -> Vec<u8> {
-    HARNESS.with(|h| {
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&h.rt, async {
-            let run = drive(&h.server, plan);
-            match tokio::time::timeout(Duration::from_secs(60), run).await {
-                Ok(out) => out,
-                Err(_) => panic!("connection not finished after 60 s (virtual time)"),
-            }
+/// wrote until it closed, and the heap used while serving. The buffer that
+/// collects the server's bytes is reserved before measuring, so the heap
+/// figures are the server's (and the in-memory pipe's). Panics if the
+/// server has not finished within a minute of (virtual) time.
+pub fn exchange(plan: &Plan<'_>) -> (Vec<u8>, HeapUse) {
+    let mut out = Vec::with_capacity(out_limit(plan));
+    let ((), heap) = heap_during(|| {
+        HARNESS.with(|h| {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&h.rt, async {
+                let run = drive(&h.server, plan, &mut out);
+                if tokio::time::timeout(Duration::from_secs(60), run)
+                    .await
+                    .is_err()
+                {
+                    panic!("connection not finished after 60 s (virtual time)");
+                }
+            })
         })
-    })
+    });
+    (out, heap)
 }
 
-async fn drive(server: &Standalone, plan: &Plan<'_>) -> Vec<u8> {
+/// Most bytes the server may write for `plan`: a little more than it reads
+/// (HTTP heads, Close frames), plus a response per request head in the
+/// input (a /metrics page is ~2 KiB). A generous bound that catches a
+/// runaway writer.
+fn out_limit(plan: &Plan<'_>) -> usize {
+    let input_len = plan.request.len() + plan.chunks.iter().map(|c| c.len()).sum::<usize>();
+    let heads: usize = std::iter::once(plan.request)
+        .chain(plan.chunks.iter().copied())
+        .map(head_ends)
+        .sum();
+    4 * input_len + (64 << 10) + heads * (4 << 10)
+}
+
+async fn drive(server: &Standalone, plan: &Plan<'_>, out: &mut Vec<u8>) {
     let (client, conn) = tokio::io::duplex(64 << 10);
     let (mut rd, mut wr) = tokio::io::split(client);
     let head_seen = Rc::new(Cell::new(false));
     let notify = Rc::new(tokio::sync::Notify::new());
     let input_len = plan.request.len() + plan.chunks.iter().map(|c| c.len()).sum::<usize>();
-    // The server writes at most a little more than it reads (HTTP heads,
-    // Close frames), plus a response per request head in the input (a
-    // /metrics page is ~2 KiB): a generous bound catches a runaway writer.
-    let heads: usize = std::iter::once(plan.request)
-        .chain(plan.chunks.iter().copied())
-        .map(head_ends)
-        .sum();
-    let out_limit = 4 * input_len + (64 << 10) + heads * (16 << 10);
+    let out_limit = out.capacity();
     let write = async {
         let mut chunks = plan.chunks.iter();
         let first: Vec<u8> = if plan.pipelined {
@@ -223,19 +237,17 @@ async fn drive(server: &Standalone, plan: &Plan<'_>) -> Vec<u8> {
         let _ = wr.shutdown().await;
     };
     let read = async {
-        let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
             let n = rd.read(&mut buf).await.unwrap_or(0);
             if n == 0 {
                 break;
             }
-            out.extend_from_slice(&buf[..n]);
             assert!(
-                out.len() <= out_limit,
-                "server wrote {} bytes for {input_len} bytes of input",
-                out.len()
+                out.len() + n <= out_limit,
+                "server wrote over {out_limit} bytes for {input_len} bytes of input"
             );
+            out.extend_from_slice(&buf[..n]); // within capacity: no allocation
             if !head_seen.get() && out.windows(4).any(|w| w == b"\r\n\r\n") {
                 head_seen.set(true);
                 notify.notify_one();
@@ -243,10 +255,8 @@ async fn drive(server: &Standalone, plan: &Plan<'_>) -> Vec<u8> {
         }
         head_seen.set(true);
         notify.notify_one();
-        out
     };
-    let ((), (), out) = tokio::join!(server.serve(conn), write, read);
-    out
+    tokio::join!(server.serve(conn), write, read);
 }
 
 /// How many request heads could end in `data` (a `\n` followed by `\n` or
@@ -634,7 +644,7 @@ mod tests {
             pipelined,
             eof_early: false,
         };
-        let out = exchange(&plan);
+        let (out, _) = exchange(&plan);
         let (status, _, rest) = response_head(&out).expect("head");
         assert_eq!(status, 101);
         server_frames(rest).unwrap()

@@ -34,10 +34,8 @@ rss_slope=${SOAK_RSS_SLOPE_KIB:-4}
 port_base=${SOAK_PORT:-9590}
 mkdir -p "$out"
 
-if [ ! -x target/release/ringws ] || [ ! -x target/release/ringws-load ]; then
-    echo "== cargo build --release (ringws, ringws-load)"
-    cargo build --release --locked --bin ringws --bin ringws-load || exit 1
-fi
+echo "== cargo build --release (ringws, ringws-load)"
+cargo build --release --locked --bin ringws --bin ringws-load || exit 1
 
 pin_server=()
 pin_client=()

@@ -15,10 +15,18 @@ While ringws-load drives steady traffic, this process:
 Checks (the slope limits are stated here and in run.sh):
   echo          no echo mismatch and no unexpected connection failure in the churn
   rss_slope     least-squares slope of RSS over the second half of the samples
-                <= --rss-slope-kib KiB/s (default 4 KiB/s, ~14 MiB/hour)
-  fd_slope      slope of (open fds - sessions_open) over the second half
-                <= --fd-slope (default 0.1 fd/s): descriptors not tied to a
-                session must not pile up (fds_baseline is the exact check)
+                (never the first 30 s): fails when over --rss-slope-kib KiB/s
+                (default 4 KiB/s, ~14 MiB/hour), over 3 standard errors (RSS
+                swings by several MiB as the allocator purges; the error is
+                widened for autocorrelated samples) and when the fitted rise
+                across the window exceeds 1 MiB and, for windows under 180 s,
+                the RSS swing (max - min) seen between 10 s and the window's
+                start: a 60 s run only catches gross leaks. Runs with fewer
+                than 20 samples in the window are not judged.
+  fd_slope      the same test on (open fds - sessions_open), limit --fd-slope
+                (default 0.1 fd/s, and 2 fds across the window): descriptors
+                not tied to a session must not pile up (fds_baseline is the
+                exact check)
   gauge         sessions_open never above the clients that could be connected
   gauge_zero    sessions_open back to 0 within 10 s after all clients left
   fds_baseline  open fds back to the idle server's (--base-fds) within 10 s after
@@ -186,15 +194,38 @@ class Churn:
             await asyncio.wait(self.tasks, timeout=30)
 
 
-def slope(xs, ys):
+def trend(xs, ys):
+    """Least-squares slope of ys over xs and its standard error, the error
+    widened for autocorrelated samples (lag-1 autocorrelation r of the
+    residuals: n_eff = n (1 - r) / (1 + r)), since RSS swings slowly."""
     n = len(xs)
-    if n < 3:
-        return 0.0
+    if n < 4:
+        return 0.0, float("inf")
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
-        return 0.0
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+        return 0.0, float("inf")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    res = [y - my - b * (x - mx) for x, y in zip(xs, ys)]
+    ss = sum(e * e for e in res)
+    if ss == 0:
+        return b, 0.0
+    r = sum(res[i] * res[i + 1] for i in range(n - 1)) / ss
+    r = min(max(r, 0.0), 0.95)
+    se = (ss / (n - 2) / sxx) ** 0.5 * ((1 + r) / (1 - r)) ** 0.5
+    return b, se
+
+
+def rising(b, se, limit, span, floor):
+    """A trend is rising when its slope is over the limit, clearly not noise
+    (over 3 standard errors), and adds more than `floor` over the window."""
+    return b > limit and b > 3 * se and b * span > floor
+
+
+def swing(samples, col, start, end):
+    """Range (max - min) of column `col` over samples with start <= t < end."""
+    vals = [s[col] for s in samples if start <= s[0] < end]
+    return max(vals) - min(vals) if vals else 0
 
 
 def pid_alive(pid):
@@ -270,24 +301,38 @@ async def main():
         f"{churn.mismatches} mismatches, {churn.failures} failures"
         + (f" (first: {churn.first_failure})" if churn.first_failure else ""),
     )
-    half = samples[len(samples) // 2 :]
+    # The trend window: the second half, and never the first 30 s (the
+    # churn reaches its steady population after 10 s, pools fill).
+    start = max(a.seconds / 2, 30)
+    half = [s for s in samples if s[0] >= start]
     xs = [s[0] for s in half]
-    rss_s = slope(xs, [s[1] for s in half])
-    check(
-        "rss_slope",
-        rss_s <= a.rss_slope_kib,
-        f"{rss_s:+.2f} KiB/s over the last {len(half)} samples (limit {a.rss_slope_kib} KiB/s); "
-        f"RSS {samples[0][1] if samples else 0} -> {samples[-1][1] if samples else 0} KiB, "
-        f"max {max((s[1] for s in samples), default=0)} KiB",
-    )
-    fd_s = slope(xs, [s[2] - s[3] for s in half])
-    check(
-        "fd_slope",
-        fd_s <= a.fd_slope,
-        f"{fd_s:+.4f} fd/s of (fds - sessions) over the last {len(half)} samples "
-        f"(limit {a.fd_slope}); "
-        f"fds max {max((s[2] for s in samples), default=0)}",
-    )
+    span = xs[-1] - xs[0] if len(xs) > 1 else 0
+    if len(half) < 20:
+        check("rss_slope", True, f"run too short to judge a trend ({len(half)} samples after {start:.0f} s)")
+        check("fd_slope", True, f"run too short to judge a trend ({len(half)} samples after {start:.0f} s)")
+    else:
+        rss_b, rss_se = trend(xs, [s[1] for s in half])
+        # RSS swings by several MiB as the allocator purges: in a short
+        # window (under 180 s) one upswing looks like a trend, so there a
+        # rise within the swing already seen before the window is not one.
+        floor = max(1024, swing(samples, 1, 10, start)) if span < 180 else 1024
+        check(
+            "rss_slope",
+            not rising(rss_b, rss_se, a.rss_slope_kib, span, floor),
+            f"{rss_b:+.2f} ± {rss_se:.2f} KiB/s over {len(half)} samples from {start:.0f} s "
+            f"(fails above {a.rss_slope_kib} KiB/s, 3 standard errors and a rise over the "
+            f"window above {floor} KiB, the swing before it or 1 MiB); "
+            f"RSS {samples[0][1]} -> {samples[-1][1]} KiB, "
+            f"min {min(s[1] for s in samples)}, max {max(s[1] for s in samples)} KiB",
+        )
+        fd_b, fd_se = trend(xs, [s[2] - s[3] for s in half])
+        check(
+            "fd_slope",
+            not rising(fd_b, fd_se, a.fd_slope, span, 2),
+            f"{fd_b:+.4f} ± {fd_se:.4f} fd/s of (fds - sessions) over {len(half)} samples "
+            f"(fails above {a.fd_slope} fd/s, 3 standard errors and 2 fds over the window); "
+            f"fds max {max(s[2] for s in samples)}",
+        )
     check(
         "gauge",
         not gauge_over,
