@@ -23,7 +23,14 @@
 # script waits, up to QUIET_MAX, until the machine is less than QUIET_PCT %
 # busy, since a compile running beside a benchmark ruins it. Runs that still
 # shared the machine are flagged in the table (other processes > 10 % of a
-# core during the window).
+# core during the window). MIMALLOC_ALLOW_THP (0): all four servers use
+# mimalloc, which by default backs its arenas with transparent huge pages
+# where THP is in "madvise" mode; RSS then grows in 2 MiB steps (±2 KB per
+# connection at 1,000 connections) and a baseline that touches part of each
+# 8 KiB buffer is charged the whole of it (fastwebsockets: ~9.5 KB per idle
+# connection with THP, ~5.4 KB without). The default, 0, turns THP off in the
+# servers for a fine-grained, reproducible figure; set MIMALLOC_ALLOW_THP=1 to
+# measure with it.
 #
 # Output: the table on stdout and in target/compare/table.md; one JSON object
 # per run in target/compare/results.jsonl; the load generator's human tables
@@ -53,6 +60,7 @@ SERVERS=${SERVERS:-"ringws-uring ringws-epoll fws-echo tungstenite-echo"}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORT_BASE=${PORT_BASE:-19200}
+export MIMALLOC_ALLOW_THP=${MIMALLOC_ALLOW_THP:-0}
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_MAX=${QUIET_MAX:-300}
 BASELINE=fws-echo
@@ -212,7 +220,7 @@ summary_of() {
     bpc=$(field bytes_per_conn)
     hs=$(field server_cpu_us_per_handshake)
     hsps=$(field handshakes_per_s)
-    p99=$(field p99)
+    p99=$(sed -n 's/.*"lat_us":{[^}]*"p99":\([0-9]*\).*/\1/p' <<<"$line")
     if [[ -n "$bpc" ]]; then
         echo "${bpc} B/conn"
     elif [[ -n "$hs" ]]; then
@@ -279,7 +287,7 @@ done
 {
     echo "## ringws vs baselines ($(date -u +%Y-%m-%d), $(uname -r), $(nproc) CPUs: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))"
     echo
-    echo "Server pinned to CPU $SERVER_CPU (ringws --workers 1; baselines on a tokio current-thread runtime), load generator on CPU $LOAD_CPU; $ROUNDS round(s), ${DURATION} s windows after ${WARMUP} s warm-up; 1 message in flight per connection; idle at $IDLE_CONNS connections after one echo each; churn over $CHURN_CONNS loops; rate at 50 % of the server's best 100x20B throughput. Command: \`${QUICK:+QUICK=$QUICK }ROUNDS=$ROUNDS DURATION=$DURATION benches/compare.sh\`."
+    echo "Server pinned to CPU $SERVER_CPU (ringws --workers 1; baselines on a tokio current-thread runtime), load generator on CPU $LOAD_CPU; $ROUNDS round(s), ${DURATION} s windows after ${WARMUP} s warm-up; 1 message in flight per connection; idle at $IDLE_CONNS connections after one echo each; churn over $CHURN_CONNS loops; rate at 50 % of the server's best 100x20B throughput; servers run with MIMALLOC_ALLOW_THP=$MIMALLOC_ALLOW_THP (THP $(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown) on this kernel), net.ipv4.tcp_congestion_control=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown). Command: \`${QUICK:+QUICK=$QUICK }ROUNDS=$ROUNDS DURATION=$DURATION benches/compare.sh\`."
     echo
     "$LOAD" report --baseline "$BASELINE" "$RESULTS"
 } >"$TABLE"

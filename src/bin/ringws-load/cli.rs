@@ -61,7 +61,10 @@ pub enum Cmd {
     /// stalled server is charged for the whole stall (coordinated omission
     /// corrected, as wrk2 does). Messages due in the window that are not
     /// echoed within 2 s after it count as unanswered errors. The pacer
-    /// spins near each deadline, so the client core stays busy.
+    /// spins near each deadline, so the client core stays busy. When the
+    /// server falls behind, at most 256 KiB of frames are queued per
+    /// connection; later messages wait, and their latency keeps growing.
+    /// "client send lag" reports how late messages were queued.
     Rate(RateArgs),
     /// Open N connections, echo one message on each, hold them all idle.
     ///

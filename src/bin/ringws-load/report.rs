@@ -58,8 +58,9 @@ pub struct RunReport {
     pub rate_target: Option<f64>,
     pub sent: Option<u64>,
     pub unanswered: Option<u64>,
-    /// Rate mode: how late the client handed messages to the socket after
-    /// their intended send time (its own pacing error, included in lat_us).
+    /// Rate mode: how late the client queued messages for sending after
+    /// their intended send time (its own pacing error, or back-pressure from
+    /// a server that fell behind; included in lat_us).
     pub send_lag_us: Option<Latency>,
 
     /// Churn: open/upgrade/echo/close cycles completed in the window.

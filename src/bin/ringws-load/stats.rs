@@ -27,12 +27,10 @@ pub fn set_phase(p: u8) {
 pub struct Shard {
     /// Echoes (or handshakes) completed inside the window.
     pub done: u64,
-    /// Messages sent inside the window (rate mode).
-    pub sent: u64,
     /// Latencies in nanoseconds.
     pub hist: Histogram<u64>,
-    /// Rate mode: how late each message was handed to the socket after its
-    /// intended send time, in nanoseconds (the client's own lag).
+    /// Rate mode: how late each message was queued for sending after its
+    /// intended send time, in nanoseconds.
     pub lag: Histogram<u64>,
 }
 
@@ -40,7 +38,6 @@ impl Shard {
     fn new() -> Self {
         Shard {
             done: 0,
-            sent: 0,
             // 100 ns .. 100 s, 3 significant digits.
             hist: Histogram::new_with_bounds(100, 100_000_000_000, 3).expect("histogram bounds"),
             lag: Histogram::new_with_bounds(100, 100_000_000_000, 2).expect("histogram bounds"),
@@ -69,7 +66,6 @@ pub fn collect() -> Shard {
     for s in SHARDS.lock().expect("shards").iter() {
         let s = s.lock().expect("shard");
         total.done += s.done;
-        total.sent += s.sent;
         total.hist.add(&s.hist).expect("same histogram bounds");
         total.lag.add(&s.lag).expect("same histogram bounds");
     }
