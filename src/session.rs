@@ -461,8 +461,14 @@ async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: Rc<Worker>) {
             return;
         }
         worker.metrics.closes_sent.add(1);
+        if !lingering {
+            // The peer has closed (or is gone): dropping the socket closes
+            // TCP, server first as RFC 6455 §7.1.1 asks, without a separate
+            // shutdown call.
+            return;
+        }
         let mut io = ws.into_inner();
-        if io.shutdown().await.is_err() || !lingering {
+        if io.shutdown().await.is_err() {
             return;
         }
         let mut sink = [0u8; 512];
