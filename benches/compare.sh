@@ -18,7 +18,8 @@
 # Knobs (environment): ROUNDS (2), DURATION seconds per window (6), WARMUP
 # seconds (1), IDLE_CONNS (15000), IDLE_HOLD seconds (3), CHURN_CONNS (10),
 # SERVERS (space-separated subset of: ringws-uring ringws-epoll fws-echo
-# tungstenite-echo), SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (19200), QUICK=1,
+# tungstenite-echo), SCENARIOS (subset of: 100x20B 200x16KiB 10x1KiB idle churn
+# rate), SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (19200), QUICK=1,
 # QUIET_PCT (10) and QUIET_MAX seconds (300; QUICK: 10): before each run the
 # script waits, up to QUIET_MAX, until the machine is less than QUIET_PCT %
 # busy, since a compile running beside a benchmark ruins it. Runs that still
@@ -31,6 +32,10 @@
 # connection with THP, ~5.4 KB without). The default, 0, turns THP off in the
 # servers for a fine-grained, reproducible figure; set MIMALLOC_ALLOW_THP=1 to
 # measure with it.
+# EXTERNAL: more servers to put beside these, built however you like, as
+# newline- or ';'-separated NAME=COMMAND entries where COMMAND contains {port}
+# and the server listens on 127.0.0.1:{port} with a WebSocket echo on /ws;
+# e.g. EXTERNAL='uws=/opt/uws/echo-server {port}'. Each NAME joins SERVERS.
 #
 # Output: the table on stdout and in target/compare/table.md; one JSON object
 # per run in target/compare/results.jsonl; the load generator's human tables
@@ -58,6 +63,17 @@ IDLE_HOLD=${IDLE_HOLD:-3}
 CHURN_CONNS=${CHURN_CONNS:-10}
 SERVERS=${SERVERS:-"ringws-uring ringws-epoll fws-echo tungstenite-echo"}
 SERVER_CPU=${SERVER_CPU:-0}
+declare -A EXTERNAL_CMD=()
+while IFS= read -r entry; do
+    [[ -z "${entry// /}" ]] && continue
+    if [[ "$entry" != *=*'{port}'* ]]; then
+        echo "compare.sh: EXTERNAL entry needs NAME=COMMAND with {port}: $entry" >&2
+        exit 2
+    fi
+    name=${entry%%=*}; name=${name// /}
+    EXTERNAL_CMD[$name]=${entry#*=}
+    SERVERS="$SERVERS $name"
+done < <(tr ';' '\n' <<<"${EXTERNAL:-}")
 LOAD_CPU=${LOAD_CPU:-1}
 PORT_BASE=${PORT_BASE:-19200}
 export MIMALLOC_ALLOW_THP=${MIMALLOC_ALLOW_THP:-0}
@@ -110,7 +126,12 @@ server_cmd() { # name port
         ringws-epoll) echo "$ROOT/target/release/ringws --bind 127.0.0.1 --port $2 --workers 1 --io epoll --drain-timeout 1s" ;;
         fws-echo) echo "$ROOT/benches/baselines/target/release/fws-echo --port $2" ;;
         tungstenite-echo) echo "$ROOT/benches/baselines/target/release/tungstenite-echo --port $2" ;;
-        *) log "compare.sh: unknown server $1"; return 1 ;;
+        *)
+            if [[ -n "${EXTERNAL_CMD[$1]:-}" ]]; then
+                echo "${EXTERNAL_CMD[$1]//\{port\}/$2}"
+            else
+                log "compare.sh: unknown server $1"; return 1
+            fi ;;
     esac
 }
 
@@ -238,7 +259,7 @@ max_rate() {
 
 ECHO_LIMIT=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", d + w + 30 }')
 IDLE_LIMIT=$(awk -v h="$IDLE_HOLD" 'BEGIN { printf "%d", 60 + h + 60 }')
-SCENARIOS="100x20B 200x16KiB 10x1KiB idle churn rate"
+SCENARIOS=${SCENARIOS:-"100x20B 200x16KiB 10x1KiB idle churn rate"}
 
 run_scenario() { # server scenario
     local server=$1 scenario=$2 rate
