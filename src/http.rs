@@ -41,7 +41,7 @@ pub struct Upgraded<S> {
 }
 
 /// Serves HTTP on `io` until the connection closes (`None`) or is upgraded.
-pub async fn serve<S: Stream>(io: S, worker: &Rc<Worker>) -> Option<Upgraded<S>> {
+pub async fn serve<S: Stream>(io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> {
     let slot: Rc<RefCell<Option<SessionSlot>>> = Rc::default();
     let service = {
         let worker = worker.clone();

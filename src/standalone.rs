@@ -44,6 +44,12 @@ impl Standalone {
         }
     }
 
+    /// The worker this context runs connections on.
+    #[cfg(test)]
+    pub(crate) fn worker(&self) -> &Rc<Worker> {
+        &self.worker
+    }
+
     /// The counters of this context.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.worker.shared.metrics
