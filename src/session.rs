@@ -213,7 +213,9 @@ impl<S: Stream> Session<S> {
             closing: None,
             out: None,
             message: None,
-            heard: false,
+            // A new session has just been heard (its upgrade): the first
+            // idle tick, which may come a moment later, must not ping it.
+            heard: true,
             pinged: false,
             stall_mark: None,
         }
