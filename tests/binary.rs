@@ -3,132 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::Launch;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A running `ringws` process and what it has logged so far.
-struct Ringws {
-    child: std::process::Child,
-    log: Arc<Mutex<String>>,
-}
-
-/// Seccomp filter: `io_uring_setup` fails with EPERM, everything else is allowed.
-fn forbid_io_uring() -> seccompiler::BpfProgram {
-    let rules = [(libc::SYS_io_uring_setup, vec![])].into_iter().collect();
-    let filter = seccompiler::SeccompFilter::new(
-        rules,
-        seccompiler::SeccompAction::Allow,
-        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH.try_into().expect("supported arch"),
-    )
-    .expect("filter");
-    filter.try_into().expect("bpf")
-}
-
-impl Ringws {
-    fn command(args: &[&str], no_io_uring: bool) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringws"));
-        cmd.args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--log",
-            "info",
-        ])
-        .args(args)
-        .env_remove("PORT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if no_io_uring {
-            let program = forbid_io_uring();
-            // SAFETY: runs in the forked child before exec; apply_filter only
-            // makes the prctl and seccomp system calls on a program built
-            // before the fork (it allocates only to report an error).
-            unsafe {
-                cmd.pre_exec(move || {
-                    seccompiler::apply_filter(&program).map_err(std::io::Error::other)
-                });
-            }
-        }
-        cmd
-    }
-
-    /// Starts the binary and waits for its "listening" line.
-    fn start(args: &[&str], no_io_uring: bool) -> (Ringws, SocketAddr) {
-        let mut child = Self::command(args, no_io_uring)
-            .spawn()
-            .expect("spawn ringws");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                {
-                    let mut log = sink.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-                if let Some(rest) = line.split("listening on ws://").nth(1) {
-                    let addr = rest.split('/').next().unwrap().to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("ringws did not start: {}", log.lock().unwrap()));
-        (Ringws { child, log }, addr.parse().unwrap())
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill");
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("ringws did not exit within {limit:?}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Ringws {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn sigterm_drains_with_close_1001_and_exits_0() {
     for io in ["uring", "epoll"] {
-        let (mut server, addr) = Ringws::start(&["--io", io, "--drain-timeout", "10s"], false);
+        let mut server = Launch::new(&["--io", io, "--drain-timeout", "10s"]).start();
+        let addr = server.addr;
         let mut clients = Vec::new();
         for i in 0..10 {
             let msg = format!("client {i}");
@@ -176,8 +61,8 @@ async fn sigterm_drains_with_close_1001_and_exits_0() {
 
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait_for_silent_clients() {
-    let (mut server, addr) =
-        Ringws::start(&["--drain-timeout", "1s", "--close-timeout", "30s"], false);
+    let mut server = Launch::new(&["--drain-timeout", "1s", "--close-timeout", "30s"]).start();
+    let addr = server.addr;
     let mut s = raw_upgrade(addr, &[]).await;
     server.signal(libc::SIGTERM);
     assert_eq!(read_frame(&mut s).await.close_code(), Some(1001));
@@ -190,7 +75,8 @@ async fn drain_timeout_bounds_the_wait_for_silent_clients() {
 
 #[tokio::test]
 async fn io_uring_forbidden_auto_falls_back_to_epoll() {
-    let (mut server, addr) = Ringws::start(&["--io", "auto"], true);
+    let mut server = Launch::new(&["--io", "auto"]).forbid_io_uring().start();
+    let addr = server.addr;
     let log = server.log();
     assert!(
         log.contains("io_uring unavailable, serving on epoll"),
@@ -217,7 +103,9 @@ async fn io_uring_forbidden_auto_falls_back_to_epoll() {
 
 #[test]
 fn io_uring_forbidden_uring_exits_nonzero() {
-    let out = Ringws::command(&["--io", "uring"], true)
+    let out = Launch::new(&["--io", "uring"])
+        .forbid_io_uring()
+        .command()
         .output()
         .expect("run ringws");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -228,7 +116,8 @@ fn io_uring_forbidden_uring_exits_nonzero() {
 
 #[tokio::test]
 async fn auto_serves_on_the_measured_preference_and_says_so() {
-    let (mut server, addr) = Ringws::start(&["--io", "auto"], false);
+    let mut server = Launch::new(&["--io", "auto"]).start();
+    let addr = server.addr;
     let log = server.log();
     assert!(
         log.contains("io_uring is available; --io auto prefers epoll"),

@@ -1,6 +1,9 @@
-//! Helpers shared by the black-box tests: start a server, speak raw
-//! WebSocket frames, connect with an independent client library.
+//! Helpers shared by the black-box tests: start a server (in process, or
+//! the real binary as a child: `process`), speak raw WebSocket frames,
+//! connect with an independent client library.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
