@@ -7,6 +7,9 @@ While ringws-load drives steady traffic, this process:
   echoing a random message (1 B - 4 KiB, random bytes, binary or text) every
   200 ms and checking every echoed byte; each leaves in one of three ways:
   a Close handshake (half of them), a plain TCP close, or a reset (SO_LINGER 0);
+  a Ping from the server (its idle check may ping a session that has not
+  sent its first frame yet) is answered with a Pong, as RFC 6455 requires,
+  and counted;
 - samples the server every second: RSS (/proc/PID/status VmRSS), open fds
   (/proc/PID/fd), ringws_sessions_open (/metrics); written to --csv;
 - after --seconds, stops the churn, waits for ringws-load (--load-pid) to end,
@@ -96,6 +99,19 @@ async def read_frame(r):
     return h[0] & 0x80 != 0, h[0] & 0x0F, await r.readexactly(n)
 
 
+async def read_reply(r, w, pings):
+    """The next frame that is not a Ping. Pings are counted in pings[0] and
+    answered with a Pong (same payload) through w; with w None (our Close is
+    sent: nothing may follow it) they are only skipped."""
+    while True:
+        fin, op, got = await read_frame(r)
+        if op != 9:
+            return fin, op, got
+        pings[0] += 1
+        if w is not None:
+            w.write(frame(10, got))
+
+
 class Churn:
     def __init__(self, host, port, join_rate, rng):
         self.host, self.port = host, port
@@ -105,6 +121,7 @@ class Churn:
         self.peak_open = 0
         self.sessions = 0
         self.echoes = 0
+        self.pings = [0]  # server Pings answered
         self.mismatches = 0
         self.failures = 0
         self.first_failure = None
@@ -147,7 +164,7 @@ class Churn:
                     payload = rng.randbytes(size)
                     opcode = 2
                 w.write(frame(opcode, payload))
-                fin, op, got = await asyncio.wait_for(read_frame(r), 5)
+                fin, op, got = await asyncio.wait_for(read_reply(r, w, self.pings), 5)
                 if (fin, op, got) != (True, opcode, payload):
                     self.mismatches += 1
                     self.fail(f"echo mismatch: sent {opcode}/{len(payload)} B, got {op}/{len(got)} B")
@@ -156,7 +173,7 @@ class Churn:
                 await asyncio.sleep(0.2)
             if ending == "close":
                 w.write(frame(8, struct.pack("!H", 1000)))
-                _, op, got = await asyncio.wait_for(read_frame(r), 5)
+                _, op, got = await asyncio.wait_for(read_reply(r, None, self.pings), 5)
                 if op != 8 or got[:2] != struct.pack("!H", 1000):
                     self.fail(f"close answered with {op} {got!r}")
                 rest = await asyncio.wait_for(r.read(), 5)
@@ -298,6 +315,7 @@ async def main():
         "echo",
         churn.mismatches == 0 and churn.failures == 0,
         f"churn: {churn.sessions} sessions, {churn.echoes} echoes verified, "
+        f"{churn.pings[0]} server pings answered, "
         f"{churn.mismatches} mismatches, {churn.failures} failures"
         + (f" (first: {churn.first_failure})" if churn.first_failure else ""),
     )
