@@ -15,6 +15,7 @@
 //! | [`utf8`] | incremental UTF-8 validation across fragments |
 //! | [`metrics`] | per-worker counters summed on scrape |
 //! | [`drain`] | drain phases and signals |
+//! | `memory` | returning freed memory to the OS on quiet workers |
 //!
 //! Start a server in-process (tests do this):
 //!
@@ -32,6 +33,7 @@ pub mod drain;
 mod http;
 pub mod io;
 mod listener;
+mod memory;
 pub mod metrics;
 pub mod server;
 mod session;

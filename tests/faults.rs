@@ -182,18 +182,16 @@ async fn settle(limit: u64, mut f: impl FnMut() -> u64) -> u64 {
 /// is closed before counting), and its RSS is within 24 MiB of what it was
 /// then: the two workers' read buffer pools (8 MiB each at most, by design)
 /// plus 8 MiB. A second identical round must not add more than 4 MiB
-/// beyond what the pools can still take after the first. The binary runs with `MIMALLOC_PURGE_DELAY=0` so that freed
-/// memory leaves RSS at once: with mimalloc's default delay an idle worker
-/// keeps what it freed until it allocates again (on io_uring, where each
-/// connection's adapter grew 64 KiB read and write buffers for the 20 KiB
-/// messages, ~260 MB stay resident after the round).
+/// beyond what the pools can still take after the first. The binary runs
+/// with mimalloc's defaults: its workers return freed memory to the OS once a
+/// second (`src/memory.rs`; before they did, ~260 MB stayed resident on
+/// io_uring after a round, whose adapters grow 64 KiB buffers for the 20 KiB
+/// messages).
 #[tokio::test]
 async fn resets_under_load_leave_no_session_fd_or_memory_behind() {
     raise_fd_limit();
     for io in ["uring", "epoll"] {
-        let server = Launch::new(&["--io", io, "--close-timeout", "1s"])
-            .env("MIMALLOC_PURGE_DELAY", "0")
-            .start();
+        let server = Launch::new(&["--io", io, "--close-timeout", "1s"]).start();
         server.wait_ready().await;
         let addr = server.addr;
         // Baseline: started, one session served and closed.
