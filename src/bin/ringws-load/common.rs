@@ -2,6 +2,7 @@
 //! concurrency, the warm-up/measure timeline with its /proc samples, and
 //! filling the report.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::cli::Common;
 use crate::procfs::{self, Cpu};
 use crate::report::{Latency, RunReport};
 use crate::stats;
+use crate::ws::Tx;
 
 /// A current-thread runtime for one client thread, else a multi-thread one.
 pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
@@ -209,4 +211,28 @@ pub async fn wind_down(set: &mut JoinSet<()>, grace: Duration) {
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, set.join_next()).await {}
     set.abort_all();
     while set.join_next().await.is_some() {}
+}
+
+/// Checks an echoed `payload` against the next message the connection is
+/// waiting for: takes that message's send record from `pending` (an echo of
+/// nothing sent is an error), counts a mismatch if the bytes differ, and
+/// moves `seq` on. Returns the send record (a send time).
+pub fn check_echo<T>(
+    tx: &Tx,
+    payload: &[u8],
+    pending: &mut VecDeque<T>,
+    seq: &mut u32,
+) -> Result<T, String> {
+    let Some(sent) = pending.pop_front() else {
+        return Err("server sent a message that was not sent to it".into());
+    };
+    if !tx.verify(payload, *seq) {
+        stats::mismatch(format!(
+            "echo of message {seq} differs ({} bytes back, {} sent)",
+            payload.len(),
+            tx.size()
+        ));
+    }
+    *seq = seq.wrapping_add(1);
+    Ok(sent)
 }

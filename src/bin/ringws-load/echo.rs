@@ -134,17 +134,7 @@ async fn connection(conn: Conn, p: &Params) -> Result<(), String> {
         while let Some(ev) = rx.next_event()? {
             match ev {
                 Event::Data(payload) => {
-                    let Some(t) = sent_at.pop_front() else {
-                        return Err("server sent a message that was not sent to it".into());
-                    };
-                    if !tx.verify(payload, expect_seq) {
-                        stats::mismatch(format!(
-                            "echo of message {expect_seq} differs ({} bytes back, {} sent)",
-                            payload.len(),
-                            p.size
-                        ));
-                    }
-                    expect_seq = expect_seq.wrapping_add(1);
+                    let t = common::check_echo(&tx, payload, &mut sent_at, &mut expect_seq)?;
                     if phase == MEASURE {
                         latencies.push(now.duration_since(t).as_nanos() as u64);
                     }

@@ -280,17 +280,8 @@ async fn connection(conn: Conn, c: u64, s: &Shared) -> Result<(), String> {
                 while let Some(ev) = rx.next_event()? {
                     match ev {
                         Event::Data(payload) => {
-                            let Some(t) = intended.pop_front() else {
-                                return Err("server sent a message that was not sent to it".into());
-                            };
-                            if !tx.verify(payload, expect_seq) {
-                                stats::mismatch(format!(
-                                    "echo of message {expect_seq} differs ({} bytes back, {} sent)",
-                                    payload.len(),
-                                    s.size
-                                ));
-                            }
-                            expect_seq = expect_seq.wrapping_add(1);
+                            let t =
+                                common::check_echo(&tx, payload, &mut intended, &mut expect_seq)?;
                             if t >= win_start && t < win_end {
                                 latencies.push(now_ns.saturating_sub(t));
                             }

@@ -396,6 +396,11 @@ impl Tx {
         }
     }
 
+    /// Payload bytes per message.
+    pub fn size(&self) -> usize {
+        self.plain.len()
+    }
+
     pub fn frame_len(&self) -> usize {
         self.frame.len()
     }
