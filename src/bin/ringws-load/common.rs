@@ -14,7 +14,7 @@ use crate::cli::Common;
 use crate::procfs::{self, Cpu};
 use crate::report::{Latency, RunReport};
 use crate::stats;
-use crate::ws::Tx;
+use crate::ws::{self, Event, Tx};
 
 /// A current-thread runtime for one client thread, else a multi-thread one.
 pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
@@ -235,4 +235,24 @@ pub fn check_echo<T>(
     }
     *seq = seq.wrapping_add(1);
     Ok(sent)
+}
+
+/// Handles an event other than an echoed message: answers a Ping (queued in
+/// `out`), ignores a Pong, and ends the connection on a Close: cleanly
+/// (`Ok(true)`) if ours was sent (`closing`), as an error otherwise.
+/// `Ok(false)`: go on.
+pub fn on_control(
+    ev: Event<'_>,
+    out: &mut Vec<u8>,
+    key: [u8; 4],
+    closing: bool,
+) -> Result<bool, String> {
+    match ev {
+        Event::Data(_) => unreachable!("echoed messages are the caller's"),
+        Event::Ping(data) => ws::push_control(out, ws::OP_PONG, data, key),
+        Event::Pong => {}
+        Event::Close(_) if closing => return Ok(true),
+        Event::Close(code) => return Err(format!("server sent Close {code:?}")),
+    }
+    Ok(false)
 }

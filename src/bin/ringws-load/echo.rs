@@ -144,21 +144,14 @@ async fn connection(conn: Conn, p: &Params) -> Result<(), String> {
                         sent_at.push_back(now);
                     }
                 }
-                Event::Ping(data) => ws::push_control(&mut out, ws::OP_PONG, data, tx.key),
-                Event::Pong => {}
-                Event::Close(_) if closing => return Ok(()),
-                Event::Close(code) => return Err(format!("server sent Close {code:?}")),
+                other => {
+                    if common::on_control(other, &mut out, tx.key, closing)? {
+                        return Ok(());
+                    }
+                }
             }
         }
-        if !latencies.is_empty() {
-            stats::with_shard(|s| {
-                s.done += latencies.len() as u64;
-                for &l in &latencies {
-                    s.hist.saturating_record(l);
-                }
-            });
-            latencies.clear();
-        }
+        stats::record_done(&mut latencies);
         // After the window: let the messages in flight come back, then close
         // (Close frame, then wait for the server's) so no echo meets a reset.
         if phase == DONE && !closing && sent_at.is_empty() {

@@ -286,21 +286,14 @@ async fn connection(conn: Conn, c: u64, s: &Shared) -> Result<(), String> {
                                 latencies.push(now_ns.saturating_sub(t));
                             }
                         }
-                        Event::Ping(data) => ws::push_control(&mut out, ws::OP_PONG, data, tx.key),
-                        Event::Pong => {}
-                        Event::Close(_) if closing => return Ok(()),
-                        Event::Close(code) => return Err(format!("server sent Close {code:?}")),
+                        other => {
+                            if common::on_control(other, &mut out, tx.key, closing)? {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
-                if !latencies.is_empty() {
-                    stats::with_shard(|sh| {
-                        sh.done += latencies.len() as u64;
-                        for &l in &latencies {
-                            sh.hist.saturating_record(l);
-                        }
-                    });
-                    latencies.clear();
-                }
+                stats::record_done(&mut latencies);
             }
         }
     }

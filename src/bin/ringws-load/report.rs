@@ -245,17 +245,10 @@ impl RunReport {
                 ),
             );
         }
-        if let (Some(b), Some(a)) = (self.rss_before, self.rss_after) {
-            row(
-                "server RSS",
-                format!(
-                    "{} → {} ({})",
-                    bytes(b as f64),
-                    bytes(a as f64),
-                    bytes(a as f64 - b as f64)
-                ),
-            );
-        } else if let (Some(b), Some(a)) = (self.server_rss_start, self.server_rss_end) {
+        // Idle's before/after figures when present, else the window's ends.
+        let rss = (self.rss_before.zip(self.rss_after))
+            .or(self.server_rss_start.zip(self.server_rss_end));
+        if let Some((b, a)) = rss {
             row(
                 "server RSS",
                 format!(

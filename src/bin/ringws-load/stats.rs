@@ -60,6 +60,21 @@ pub fn with_shard<R>(f: impl FnOnce(&mut Shard) -> R) -> R {
     LOCAL.with(|s| f(&mut s.lock().expect("shard")))
 }
 
+/// Counts `latencies` (nanoseconds) as completed echoes in this thread's
+/// shard, and empties it.
+pub fn record_done(latencies: &mut Vec<u64>) {
+    if latencies.is_empty() {
+        return;
+    }
+    with_shard(|s| {
+        s.done += latencies.len() as u64;
+        for &l in latencies.iter() {
+            s.hist.saturating_record(l);
+        }
+    });
+    latencies.clear();
+}
+
 /// All shards merged.
 pub fn collect() -> Shard {
     let mut total = Shard::new();
