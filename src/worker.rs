@@ -140,27 +140,12 @@ pub(crate) fn run(
             (shared.config.idle_timeout, Tick::IDLE),
             (shared.config.write_timeout, Tick::STALL),
         ] {
-            if period.is_zero() {
-                continue;
+            if !period.is_zero() {
+                let worker = worker.clone();
+                every(period, move || worker.sessions.tick_all(tick));
             }
-            let worker = worker.clone();
-            tokio::task::spawn_local(async move {
-                let start = tokio::time::Instant::now() + period;
-                let mut ticks = tokio::time::interval_at(start, period);
-                loop {
-                    ticks.tick().await;
-                    worker.sessions.tick_all(tick);
-                }
-            });
         }
-        tokio::task::spawn_local(async {
-            let mut ticks = tokio::time::interval(crate::memory::COLLECT_EVERY);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                crate::memory::collect();
-            }
-        });
+        every(crate::memory::COLLECT_EVERY, crate::memory::collect);
         tokio::select! {
             () = shared.drain.started() => {}
             res = accept => {
@@ -183,6 +168,18 @@ pub(crate) fn run(
         }
         Ok(())
     })
+}
+
+/// Calls `f` on this worker every `period`, the first time one period from
+/// now, for as long as the worker runs.
+fn every(period: std::time::Duration, f: impl Fn() + 'static) {
+    tokio::task::spawn_local(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            f();
+        }
+    });
 }
 
 #[cfg(test)]
