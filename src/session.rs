@@ -34,7 +34,6 @@ use bytes::BytesMut;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::buffers::BufferPool;
 use crate::drain::Tick;
 
 use crate::io::Stream;
@@ -103,6 +102,9 @@ pub struct Session<S> {
     heard: bool,
     /// Pinged after a silent idle period, not answered yet.
     pinged: bool,
+    /// May keep its empty read buffer between messages until the worker
+    /// reclaims it (`LocalSessions::try_hold`).
+    holds: bool,
     /// Bytes of `out` written at the last write-stall tick, if one came
     /// while `out` was pending.
     stall_mark: Option<usize>,
@@ -217,6 +219,7 @@ impl<S: Stream> Session<S> {
             // idle tick, which may come a moment later, must not ping it.
             heard: true,
             pinged: false,
+            holds: false,
             stall_mark: None,
         }
     }
@@ -292,6 +295,28 @@ impl<S: Stream> Session<S> {
         Ok(())
     }
 
+    /// A read would block with every frame read so far echoed. An empty read
+    /// buffer goes back to the worker's pool (an idle session holds none),
+    /// unless this session may keep it until the worker's next reclaim
+    /// (`reclaim`: that has come): a busy session then skips a give and a
+    /// take per message, and a session that went quiet gives the buffer back
+    /// within `RECLAIM_EVERY`.
+    fn release_buffer(&mut self, reclaim: bool) {
+        if reclaim {
+            self.holds = false;
+        }
+        let worker = self.slot.worker();
+        let buf = self.ws.as_mut().expect("not done").read_buffer_mut();
+        if self.holds || buf.capacity() == 0 || !buf.is_empty() {
+            return;
+        }
+        if !reclaim && worker.sessions.try_hold(self.slot.key()) {
+            self.holds = true;
+            return;
+        }
+        worker.buffers.give(std::mem::take(buf));
+    }
+
     /// An idle tick arrived: quiet peers get a Ping, then a Close.
     fn on_tick(&mut self) -> Result<(), End> {
         if std::mem::take(&mut self.heard) {
@@ -355,7 +380,13 @@ impl<S: Stream> Session<S> {
                         // meanwhile (backpressure); a whole --write-timeout
                         // period without progress closes the connection (no
                         // Close frame can get through).
-                        if sessions.take_ticks(key) & Tick::STALL != 0 {
+                        let ticks = sessions.take_ticks(key);
+                        if ticks & Tick::RECLAIM != 0 {
+                            // The buffer is looked at when the next read
+                            // would block.
+                            this.holds = false;
+                        }
+                        if ticks & Tick::STALL != 0 {
                             if this.stall_mark == Some(out.written) {
                                 worker.metrics.write_stalls.add(1);
                                 return Poll::Ready(End::Gone);
@@ -375,7 +406,11 @@ impl<S: Stream> Session<S> {
                 return Poll::Pending;
             }
             let ws = this.ws.as_mut().expect("not done");
-            match poll_frame(ws, &worker.buffers, cx) {
+            let buf = ws.read_buffer_mut();
+            if buf.capacity() == 0 {
+                *buf = worker.buffers.take();
+            }
+            match ws.poll_read_frame(cx) {
                 Poll::Ready(Ok(frame)) => {
                     budget -= 1;
                     if let Err(end) = this.on_frame(frame) {
@@ -389,7 +424,9 @@ impl<S: Stream> Session<S> {
                     if sessions.closing() || worker.shared.drain.is_draining() {
                         return Poll::Ready(fail(1001, "server is draining"));
                     }
-                    if sessions.take_ticks(key) & Tick::IDLE != 0 {
+                    let ticks = sessions.take_ticks(key);
+                    this.release_buffer(ticks & Tick::RECLAIM != 0);
+                    if ticks & Tick::IDLE != 0 {
                         if let Err(end) = this.on_tick() {
                             return Poll::Ready(end);
                         }
@@ -403,28 +440,6 @@ impl<S: Stream> Session<S> {
             }
         }
     }
-}
-
-/// Reads the next frame into a buffer lent by the worker's pool, and gives
-/// the buffer back when the read would block with nothing buffered: an idle
-/// session holds no read buffer.
-fn poll_frame<'f, S: Stream>(
-    ws: &mut WebSocket<S>,
-    pool: &BufferPool,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Frame<'f>, WebSocketError>> {
-    let buf = ws.read_buffer_mut();
-    if buf.capacity() == 0 {
-        *buf = pool.take();
-    }
-    let polled = ws.poll_read_frame(cx);
-    if polled.is_pending() {
-        let buf = ws.read_buffer_mut();
-        if buf.is_empty() {
-            pool.give(std::mem::take(buf));
-        }
-    }
-    polled
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).
@@ -507,6 +522,57 @@ mod tests {
             peer_close(&[0x03, 0xe8, 0xff]),
             fail(1007, "close reason is not valid UTF-8")
         );
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A busy session keeps its empty read buffer between messages, and
+    /// gives it back to the pool when the worker reclaims it.
+    #[test]
+    fn held_buffer_returns_to_the_pool_on_reclaim() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let standalone = crate::standalone::Standalone::new(Default::default());
+            let worker = standalone.worker().clone();
+            let (mut client, server) = tokio::io::duplex(4096);
+            tokio::task::spawn_local(async move { standalone.serve(server).await });
+            client
+                .write_all(
+                    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                      Sec-WebSocket-Version: 13\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            while !response.ends_with(b"\r\n\r\n") {
+                response.push(client.read_u8().await.unwrap());
+            }
+            assert!(response.starts_with(b"HTTP/1.1 101"));
+            for round in 0..3 {
+                let mask = [1, 2, 3, 4];
+                let mut frame = vec![0x82, 0x80 | 5];
+                frame.extend_from_slice(&mask);
+                frame.extend(b"hello".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+                client.write_all(&frame).await.unwrap();
+                let mut echo = [0u8; 7];
+                client.read_exact(&mut echo).await.unwrap();
+                assert_eq!(&echo, b"\x82\x05hello");
+                // Let the session reach its next read, which would block.
+                tokio::task::yield_now().await;
+                assert_eq!(worker.buffers.pooled(), 0, "round {round}: kept");
+            }
+            worker.sessions.reclaim();
+            tokio::task::yield_now().await;
+            assert_eq!(worker.buffers.pooled(), 1, "given back");
+        });
     }
 }
 

@@ -145,7 +145,13 @@ pub(crate) fn run(
                 every(period, move || worker.sessions.tick_all(tick));
             }
         }
-        every(crate::memory::COLLECT_EVERY, crate::memory::collect);
+        let w = worker.clone();
+        every(crate::buffers::RECLAIM_EVERY, move || w.sessions.reclaim());
+        let w = worker.clone();
+        every(crate::memory::COLLECT_EVERY, move || {
+            w.buffers.trim();
+            crate::memory::collect();
+        });
         tokio::select! {
             () = shared.drain.started() => {}
             res = accept => {
