@@ -8,7 +8,7 @@
 //! | [`server`] | backend choice, listeners, worker threads, start and stop |
 //! | `listener` | one SO_REUSEPORT listener per worker |
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
-//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll |
+//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (connections polled from a per-worker epoll instance) |
 //! | `http` | hyper http1 per connection: routes, probes, metrics, upgrade hand-off |
 //! | [`upgrade`] | handshake validation and the accept key |
 //! | `session` | the echo loop on fastwebsockets; never knows the backend |

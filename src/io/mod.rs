@@ -18,7 +18,8 @@ pub mod uring;
 pub enum Backend {
     /// tokio-uring: completion-based io_uring, one ring per worker.
     Uring,
-    /// tokio current-thread runtimes: readiness-based epoll.
+    /// Readiness-based epoll: connections polled straight from a per-worker
+    /// epoll instance, on a tokio current-thread runtime for the rest.
     Epoll,
 }
 
@@ -142,8 +143,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> Stream f
 
 /// What an accept loop hands each accepted connection to.
 pub trait Handler {
-    /// Takes ownership of a freshly accepted connection (TCP_NODELAY set).
-    fn handle<S: Stream>(&self, io: S);
+    /// The whole life of a freshly accepted connection (TCP_NODELAY set),
+    /// as a future the backend runs on this worker.
+    fn connection<S: Stream>(&self, io: S) -> impl Future<Output = ()> + 'static;
 }
 
 /// Accepts connections on `listener` forever, on the running backend.

@@ -123,7 +123,8 @@ pub fn runtime(flags: &RingFlags) -> io::Result<tokio_uring::Runtime> {
     tokio_uring::Runtime::new(&builder)
 }
 
-/// Accepts on `listener` forever; the stream is a boxed [`UringStream`].
+/// Accepts on `listener` forever; each connection is a task, its stream a
+/// boxed [`UringStream`].
 pub async fn accept_loop<H: Handler>(
     listener: std::net::TcpListener,
     handler: H,
@@ -134,7 +135,7 @@ pub async fn accept_loop<H: Handler>(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                handler.handle(UringStream::boxed(stream));
+                tokio::task::spawn_local(handler.connection(UringStream::boxed(stream)));
             }
             Err(e) => super::accept_failed(e).await,
         }
