@@ -71,6 +71,9 @@ pub struct LocalSessions {
     closing: Cell<bool>,
     all_closed: Notify,
     holders: RefCell<Vec<usize>>,
+    /// Wakers collected by the periodic ticks ([`LocalSessions::tick_all`],
+    /// [`LocalSessions::reclaim`]), kept so that a tick does not allocate.
+    to_wake: RefCell<Vec<Waker>>,
 }
 
 /// Most sessions per worker that keep an empty read buffer between
@@ -142,19 +145,14 @@ impl LocalSessions {
 
     /// Marks `tick` (a [`Tick`] bit) on every session and wakes them to look at it.
     pub fn tick_all(&self, tick: u8) {
-        let wakers: Vec<Waker> = {
-            let mut table = self.table.borrow_mut();
-            table
-                .iter_mut()
-                .filter_map(|(_, e)| {
-                    e.ticks |= tick;
-                    e.waker.clone()
-                })
-                .collect()
-        };
+        let mut wakers = self.to_wake.borrow_mut();
+        wakers.extend(self.table.borrow_mut().iter_mut().filter_map(|(_, e)| {
+            e.ticks |= tick;
+            e.waker.clone()
+        }));
         // Woken outside the borrow: waking may poll nothing here (tasks are
         // only scheduled), but keep the table free regardless.
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.drain(..).for_each(Waker::wake);
     }
 
     /// Lets session `key` keep its empty read buffer until the next
@@ -176,19 +174,18 @@ impl LocalSessions {
     /// message. Keys of sessions that have left since are skipped (or reach
     /// the session that took the key over, which only looks at its buffer).
     pub fn reclaim(&self) {
-        let wakers: Vec<Waker> = {
+        let mut wakers = self.to_wake.borrow_mut();
+        {
             let mut holders = self.holders.borrow_mut();
             let mut table = self.table.borrow_mut();
-            holders
-                .drain(..)
-                .filter_map(|key| {
-                    let entry = table.get_mut(key)?;
-                    entry.ticks |= Tick::RECLAIM;
-                    entry.waker.clone()
-                })
-                .collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
+            wakers.extend(holders.drain(..).filter_map(|key| {
+                let entry = table.get_mut(key)?;
+                entry.ticks |= Tick::RECLAIM;
+                entry.waker.clone()
+            }));
+        }
+        // Woken outside the table's borrow; the vector keeps its capacity.
+        wakers.drain(..).for_each(Waker::wake);
     }
 
     /// Tells every session on this worker to close, then waits until all have.
