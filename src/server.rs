@@ -168,7 +168,7 @@ impl Server {
                     if !gate.wait() {
                         return Ok(());
                     }
-                    let res = worker::run(id, &runtime, choice.backend, listener, shared.clone());
+                    let res = worker::run(id, &runtime, listener, shared.clone());
                     if let Err(e) = &res {
                         tracing::error!(worker = id, error = %e, "worker failed; draining");
                         shared.drain.start();

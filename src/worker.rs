@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::drain::Tick;
-use crate::io::{self, Backend, Handler, Stream};
+use crate::io::{self, Handler, Stream};
 use crate::metrics::WorkerMetrics;
 use crate::server::Shared;
 use crate::{http, session};
@@ -123,7 +123,6 @@ impl Worker {
 pub(crate) fn run(
     id: usize,
     runtime: &io::Runtime,
-    backend: Backend,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
@@ -135,7 +134,7 @@ pub(crate) fn run(
             buffers: Default::default(),
             scratch: Default::default(),
         });
-        let accept = tokio::task::spawn_local(io::accept_loop(backend, listener, worker.clone()));
+        let accept = tokio::task::spawn_local(io::accept_loop(runtime, listener, worker.clone()));
         for (period, tick) in [
             (shared.config.idle_timeout, Tick::IDLE),
             (shared.config.write_timeout, Tick::STALL),

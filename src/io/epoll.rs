@@ -67,6 +67,7 @@ pub fn runtime() -> io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)>
 /// registering them with tokio's driver first).
 pub async fn accept_loop<H: Handler>(
     listener: std::net::TcpListener,
+    instance: OwnedFd,
     handler: H,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -75,7 +76,7 @@ pub async fn accept_loop<H: Handler>(
     // as the `AsyncFd` owns it; nothing else closes it.
     let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
         .map_err(io::Error::from)?;
-    let reactor = Reactor::new()?;
+    let reactor = Reactor::new(instance)?;
     tokio::task::spawn_local(reactor.clone().run());
     loop {
         let mut ready = listener.readable().await?;
@@ -99,6 +100,11 @@ pub async fn accept_loop<H: Handler>(
             Err(_would_block) => {}
         }
     }
+}
+
+/// A new epoll instance for a worker's [`Reactor`].
+pub fn instance() -> io::Result<OwnedFd> {
+    Ok(epoll::create(epoll::CreateFlags::CLOEXEC)?)
 }
 
 /// Most events read and connections polled per poll of the reactor's task
@@ -278,10 +284,9 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor with a new epoll instance (must run inside the worker's
-    /// tokio runtime).
-    pub fn new() -> io::Result<Rc<Reactor>> {
-        let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    /// A reactor on `epoll_fd`, an epoll instance from [`instance`] (must
+    /// run inside the worker's tokio runtime).
+    pub fn new(epoll_fd: OwnedFd) -> io::Result<Rc<Reactor>> {
         // SAFETY: the `OwnedFd` stays open and is the same descriptor for as
         // long as the `AsyncFd` owns it; nothing else closes it.
         let epoll = unsafe { AsyncFd::register_with_interest(epoll_fd, Interest::READABLE) }

@@ -106,8 +106,15 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
 pub enum Runtime {
     /// tokio-uring's runtime (a tokio current-thread runtime with a ring).
     Uring(tokio_uring::Runtime),
-    /// A tokio current-thread runtime with a `LocalSet`.
-    Epoll(tokio::runtime::Runtime, tokio::task::LocalSet),
+    /// A tokio current-thread runtime with a `LocalSet`, and the epoll
+    /// instance of the worker's reactor (created with the runtime, so that a
+    /// worker short of file descriptors fails before any worker accepts;
+    /// taken by the accept loop).
+    Epoll(
+        tokio::runtime::Runtime,
+        tokio::task::LocalSet,
+        std::cell::Cell<Option<std::os::fd::OwnedFd>>,
+    ),
 }
 
 impl Runtime {
@@ -117,7 +124,7 @@ impl Runtime {
             (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
             _ => {
                 let (rt, local) = epoll::runtime()?;
-                Runtime::Epoll(rt, local)
+                Runtime::Epoll(rt, local, std::cell::Cell::new(Some(epoll::instance()?)))
             }
         })
     }
@@ -127,7 +134,7 @@ impl Runtime {
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         match self {
             Runtime::Uring(rt) => rt.block_on(f),
-            Runtime::Epoll(rt, local) => local.block_on(rt, f),
+            Runtime::Epoll(rt, local, _) => local.block_on(rt, f),
         }
     }
 }
@@ -148,15 +155,24 @@ pub trait Handler {
     fn connection<S: Stream>(&self, io: S) -> impl Future<Output = ()> + 'static;
 }
 
-/// Accepts connections on `listener` forever, on the running backend.
-pub async fn accept_loop<H: Handler>(
-    backend: Backend,
+/// Accepts connections on `listener` forever, on `runtime`'s backend (the
+/// future must run on `runtime`; an epoll runtime's reactor instance is
+/// taken by the first call).
+pub fn accept_loop<H: Handler + 'static>(
+    runtime: &Runtime,
     listener: std::net::TcpListener,
     handler: H,
-) -> io::Result<()> {
-    match backend {
-        Backend::Uring => uring::accept_loop(listener, handler).await,
-        Backend::Epoll => epoll::accept_loop(listener, handler).await,
+) -> impl Future<Output = io::Result<()>> + 'static {
+    let reactor = match runtime {
+        Runtime::Uring(_) => None,
+        Runtime::Epoll(_, _, instance) => Some(instance.take()),
+    };
+    async move {
+        match reactor {
+            None => uring::accept_loop(listener, handler).await,
+            Some(Some(instance)) => epoll::accept_loop(listener, instance, handler).await,
+            Some(None) => Err(io::Error::other("the epoll reactor's instance was taken")),
+        }
     }
 }
 
