@@ -43,6 +43,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -241,10 +242,25 @@ struct Slot {
 #[derive(Default)]
 struct Inbox {
     keys: Mutex<Vec<usize>>,
+    /// `keys` is not empty (set and cleared under its lock), so that the
+    /// reactor need not lock it to find out.
+    pending: AtomicBool,
     reactor: Mutex<Option<Waker>>,
 }
 
 impl Inbox {
+    fn has_keys(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Records the waker of the reactor's task (when it changed).
+    fn set_reactor(&self, current: &Waker) {
+        let mut waker = self.reactor.lock().expect("inbox lock");
+        if !waker.as_ref().is_some_and(|w| w.will_wake(current)) {
+            *waker = Some(current.clone());
+        }
+    }
+
     fn wake_reactor(&self) {
         if let Some(waker) = self.reactor.lock().expect("inbox lock").as_ref() {
             waker.wake_by_ref();
@@ -264,7 +280,11 @@ impl Wake for ConnWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.inbox.keys.lock().expect("inbox lock").push(self.key);
+        {
+            let mut keys = self.inbox.keys.lock().expect("inbox lock");
+            keys.push(self.key);
+            self.inbox.pending.store(true, Ordering::Release);
+        }
         self.inbox.wake_reactor();
     }
 }
@@ -344,31 +364,49 @@ impl Reactor {
         std::future::poll_fn(|cx| self.poll(cx)).await
     }
 
-    /// One poll of the reactor's task: queue what woke, read the ready
-    /// events, poll the queued connections; come back at once if work is
-    /// left, else when tokio's driver or a connection's waker says so.
+    /// One poll of the reactor's task: until a poll's worth of work is
+    /// done, queue what woke, read the ready events without blocking and
+    /// poll the queued connections; when nothing is left, arm tokio's
+    /// driver for the instance's next event and sleep.
+    ///
+    /// The instance is read directly for as long as it has events, not only
+    /// when tokio's driver reports it readable: under load the worker then
+    /// goes through one `epoll_wait` per batch (its own) instead of two, and
+    /// tokio's driver does not scan the nested instance's ready list (which
+    /// polls every ready socket once more) at each batch.
     fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut waker = self.inbox.reactor.lock().expect("inbox lock");
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waker = Some(cx.waker().clone());
+        self.inbox.set_reactor(cx.waker());
+        let mut budget = EVENTS_PER_POLL;
+        loop {
+            self.take_woken();
+            let read = self.read_events();
+            if self.run.borrow().is_empty() {
+                if read == Read::Full || self.inbox.has_keys() || self.armed_is_stale(cx) {
+                    budget = budget.saturating_sub(1);
+                    if budget > 0 {
+                        continue;
+                    }
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Pending;
+            }
+            let polled = self.poll_connections();
+            budget = budget.saturating_sub(polled.max(1));
+            if budget == 0 {
+                // Let the worker's other tasks (accept, timers) run, and
+                // come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
         }
-        let mut more = self.take_woken();
-        more |= self.take_events(cx);
-        self.poll_connections();
-        if more
-            || !self.run.borrow().is_empty()
-            || !self.inbox.keys.lock().expect("inbox lock").is_empty()
-        {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
     }
 
-    /// Queues the connections woken through their wakers. True if more
-    /// than a poll's worth were left.
-    fn take_woken(&self) -> bool {
+    /// Queues the connections woken through their wakers (at most a poll's
+    /// worth; the rest stay in the inbox for the next round).
+    fn take_woken(&self) {
+        if !self.inbox.has_keys() {
+            return;
+        }
         let mut keys = self.inbox.keys.lock().expect("inbox lock");
         let mut slots = self.slots.borrow_mut();
         let mut run = self.run.borrow_mut();
@@ -376,51 +414,57 @@ impl Reactor {
         for key in keys.drain(..take) {
             queue(&mut slots, &mut run, key, 0);
         }
-        !keys.is_empty()
+        self.inbox
+            .pending
+            .store(!keys.is_empty(), Ordering::Release);
     }
 
-    /// Reads ready events without blocking and queues their connections,
-    /// until none are left (the reactor's task is then registered with
-    /// tokio's driver for the next) or a poll's worth was read (true: the
-    /// caller comes back for more).
-    fn take_events(&self, cx: &mut Context<'_>) -> bool {
+    /// Reads the instance's ready events without blocking and queues their
+    /// connections.
+    fn read_events(&self) -> Read {
         let zero = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         let mut events = self.events.borrow_mut();
-        let mut taken = 0;
-        loop {
-            let mut guard = match self.epoll.poll_read_ready(cx) {
-                Poll::Ready(Ok(guard)) => guard,
-                // An error on an epoll descriptor we own cannot be acted
-                // upon; it would repeat on every poll.
-                Poll::Ready(Err(e)) => {
-                    tracing::error!(error = %e, "epoll instance failed");
-                    return false;
-                }
-                Poll::Pending => return false,
-            };
-            events.clear();
-            let spare = rustix::buffer::spare_capacity(&mut *events);
-            match epoll::wait(self.epoll.get_ref(), spare, Some(&zero)) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => return true,
-                Err(e) => {
-                    tracing::error!(error = %e, "epoll_wait failed");
-                    return false;
-                }
+        events.clear();
+        let spare = rustix::buffer::spare_capacity(&mut *events);
+        match epoll::wait(self.epoll.get_ref(), spare, Some(&zero)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Read::Full,
+            // An error on an epoll descriptor we own cannot be acted upon;
+            // tokio's driver reports the instance again if it has events.
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed");
+                return Read::Partial;
             }
-            self.queue_events(&events);
-            taken += events.len();
-            if events.len() == events.capacity() || taken >= EVENTS_PER_POLL {
-                // Maybe more: leave the readiness set and come back.
-                return true;
+        }
+        self.queue_events(&events);
+        if events.len() == events.capacity() {
+            Read::Full
+        } else {
+            Read::Partial
+        }
+    }
+
+    /// Arms tokio's driver to wake the reactor's task at the instance's next
+    /// event. True if an event came since the instance was last read (read
+    /// it again before sleeping).
+    fn armed_is_stale(&self, cx: &mut Context<'_>) -> bool {
+        match self.epoll.poll_read_ready(cx) {
+            // Registered for the next edge.
+            Poll::Pending => false,
+            Poll::Ready(Ok(mut guard)) => {
+                // The readiness tokio recorded was read above; clearing it
+                // and polling again registers this task for the next edge,
+                // or reports one that came meanwhile.
+                guard.clear_ready();
+                self.epoll.poll_read_ready(cx).is_ready()
             }
-            // Everything ready was read. Clearing the readiness and polling
-            // it again registers this task for the next edge (or reports
-            // one that came meanwhile).
-            guard.clear_ready();
+            Poll::Ready(Err(e)) => {
+                tracing::error!(error = %e, "epoll instance failed");
+                false
+            }
         }
     }
 
@@ -450,11 +494,12 @@ impl Reactor {
         }
     }
 
-    /// Polls the queued connections once each.
-    fn poll_connections(&self) {
+    /// Polls the queued connections once each; returns how many.
+    fn poll_connections(&self) -> usize {
         // Two queues swapped, so that neither is reallocated.
         let mut batch = self.batch.borrow_mut();
         std::mem::swap(&mut *batch, &mut *self.run.borrow_mut());
+        let count = batch.len();
         for key in batch.drain(..) {
             let (mut future, waker) = {
                 let mut slots = self.slots.borrow_mut();
@@ -494,7 +539,17 @@ impl Reactor {
                 slot.waker = waker;
             }
         }
+        count
     }
+}
+
+/// What [`Reactor::read_events`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Fewer events than fit: the instance had no more.
+    Partial,
+    /// The buffer filled (or the call was interrupted): there may be more.
+    Full,
 }
 
 /// Marks connection `key` ready for `bits` and queues it once.
