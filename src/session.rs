@@ -8,9 +8,11 @@
 //! message is validated across its fragments (fail-fast), and the total size
 //! is bounded by `--max-message-size`.
 //!
-//! The reply reuses the bytes that were read: the payload is unmasked in
-//! place in the read buffer and written back from there, so a steady echo
-//! does not allocate.
+//! The reply reuses the bytes that were read: the frame is parsed where it
+//! lies in the read buffer, its payload unmasked in place, the reply's header
+//! written over the end of the request's (it is never longer: same length,
+//! no mask) and the reply sent from there in one write, whatever its size. A
+//! steady echo neither allocates nor copies.
 //!
 //! Failures are answered with a Close frame before TCP is closed: 1002 for
 //! protocol errors, 1007 for invalid UTF-8, 1009 for oversize messages,
@@ -23,15 +25,13 @@
 //!
 //! This module never knows which I/O backend it runs on.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
-use fastwebsockets::{CloseCode, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use fastwebsockets::{CloseCode, Frame, InPlace, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::drain::Tick;
@@ -70,10 +70,6 @@ impl From<WebSocketError> for End {
 const fn fail(code: u16, reason: &'static str) -> End {
     End::Close(code, reason)
 }
-
-/// Frames with payloads up to this size are copied next to their header and
-/// written in one piece; larger ones go out as header + payload (writev).
-const COPY_MAX: usize = 1024;
 
 /// Frames handled per poll before the session yields to the other sessions
 /// of its worker (the io_uring stream does not take part in tokio's budget).
@@ -118,75 +114,81 @@ struct Fragmented {
     utf8: Utf8Stream,
 }
 
-/// A frame on its way out: the header formatted by fastwebsockets, then the
-/// payload, written straight from the buffer it was read into.
+/// A frame on its way out: a reply framed in place in the read buffer
+/// (echo or pong), or the session's own ping.
+#[derive(Debug)]
 struct Outgoing {
-    head: [u8; 10],
-    head_len: u8,
-    /// Counts as an echoed data frame once written.
-    echo: bool,
+    /// The frame answered (still at the front of the read buffer, consumed
+    /// once the reply is written), or `None` for a ping.
+    answers: Option<InPlace>,
+    /// Where the reply lies in the read buffer.
+    start: usize,
+    end: usize,
     written: usize,
-    payload: BytesMut,
 }
 
+/// The session's own ping: empty payload.
+const PING: [u8; 2] = [0x89, 0x00];
+
 impl Outgoing {
-    fn new(fin: bool, opcode: OpCode, payload: Payload<'_>, echo: bool) -> Outgoing {
-        let payload = match payload {
-            Payload::Bytes(bytes) => bytes,
-            other => BytesMut::from(&other[..]),
-        };
-        let mut frame = Frame::new(fin, opcode, None, Payload::Borrowed(&payload));
-        let mut head = [0u8; 10];
-        let head_len = frame.fmt_head(&mut head) as u8;
+    /// A reply to `frame` with `fin` and `opcode`, framed in its bytes.
+    fn reply<S>(ws: &mut WebSocket<S>, frame: InPlace, fin: bool, opcode: OpCode) -> Outgoing {
+        let at = ws.frame_reply_in_place(&frame, fin, opcode);
         Outgoing {
-            head,
-            head_len,
-            echo,
+            answers: Some(frame),
+            start: at.start,
+            end: at.end,
             written: 0,
-            payload,
         }
     }
 
-    /// Writes what is left: one vectored write for header and payload.
+    /// A ping of the session's own (idle check).
+    fn ping() -> Outgoing {
+        Outgoing {
+            answers: None,
+            start: 0,
+            end: PING.len(),
+            written: 0,
+        }
+    }
+
+    /// An echo of a data frame (counted in the metrics once written).
+    fn is_echo(&self) -> bool {
+        self.answers.is_some_and(|f| {
+            matches!(
+                f.opcode,
+                OpCode::Text | OpCode::Binary | OpCode::Continuation
+            )
+        })
+    }
+
+    /// Writes what is left, then consumes the frame it answers.
     fn poll_write<S: Stream>(
         &mut self,
-        io: &mut S,
-        scratch: &RefCell<Vec<u8>>,
+        ws: &mut WebSocket<S>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        let head_len = usize::from(self.head_len);
-        let total = head_len + self.payload.len();
-        if self.written == 0 && self.payload.len() <= COPY_MAX {
-            // Small frames go out as one contiguous write (measured cheaper
-            // in the kernel than a two-part writev); the copy is into the
-            // worker's scratch buffer, so it keeps no state here.
-            let mut buf = scratch.borrow_mut();
-            buf.clear();
-            buf.extend_from_slice(&self.head[..head_len]);
-            buf.extend_from_slice(&self.payload);
-            let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written = n;
-        }
-        while self.written < total {
-            let n = if self.written < head_len {
-                let parts = [
-                    io::IoSlice::new(&self.head[self.written..head_len]),
-                    io::IoSlice::new(&self.payload),
-                ];
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &parts))?
-            } else {
-                let rest = &self.payload[self.written - head_len..];
-                ready!(Pin::new(&mut *io).poll_write(cx, rest))?
-            };
+        let (io, buffer) = ws.stream_and_buffer();
+        let bytes = match self.answers {
+            Some(_) => &buffer[self.start..self.end],
+            None => &PING[..],
+        };
+        while self.written < bytes.len() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &bytes[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
         }
+        if let Some(frame) = &self.answers {
+            ws.consume(frame);
+        }
         Poll::Ready(Ok(()))
+    }
+
+    /// Payload bytes of the reply.
+    fn payload_len(&self) -> usize {
+        self.answers.map_or(0, |f| f.payload_len())
     }
 }
 
@@ -224,73 +226,32 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// Handles one frame: `Ok(())` to go on (perhaps with a frame to send),
-    /// `Err(end)` to close.
-    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), End> {
+    /// Handles one frame, parsed in place in the read buffer: `Ok(())` to
+    /// go on (perhaps with a reply to send, which consumes the frame once
+    /// written), `Err(end)` to close.
+    fn on_frame(&mut self, frame: InPlace) -> Result<(), End> {
         self.heard = true;
-        // fastwebsockets unmasks in place but keeps the mask: an unmasked
-        // frame here is one the client sent unmasked.
-        if !frame.is_masked() {
+        // fastwebsockets unmasks in place and reports whether the frame
+        // was masked: an unmasked frame here is one the client sent so.
+        if !frame.masked {
             return Err(fail(1002, "client frames must be masked"));
         }
-        let m = &self.slot.worker().metrics;
-        let len = frame.payload.len();
+        let worker = self.slot.worker().clone();
+        let ws = self.ws.as_mut().expect("not done");
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let m = &worker.metrics;
                 m.frames_in.add(1);
-                m.bytes_in.add(len as u64);
-                self.check_message(&frame)?;
-                self.out = Some(Outgoing::new(frame.fin, frame.opcode, frame.payload, true));
+                m.bytes_in.add(frame.payload_len() as u64);
+                let max = worker.shared.config.max_message_size;
+                check_message(&mut self.message, max, &frame, ws.payload(&frame))?;
+                self.out = Some(Outgoing::reply(ws, frame, frame.fin, frame.opcode));
             }
             OpCode::Ping => {
-                self.out = Some(Outgoing::new(true, OpCode::Pong, frame.payload, false));
+                self.out = Some(Outgoing::reply(ws, frame, true, OpCode::Pong));
             }
-            OpCode::Pong => {}
-            OpCode::Close => return Err(peer_close(&frame.payload)),
-        }
-        Ok(())
-    }
-
-    /// Checks a data frame against the message it belongs to: order of
-    /// fragments, total size, UTF-8 across fragments. (A whole text message
-    /// in one frame was validated by fastwebsockets.)
-    fn check_message(&mut self, frame: &Frame<'_>) -> Result<(), End> {
-        let max = self.slot.worker().shared.config.max_message_size;
-        let len = frame.payload.len();
-        if frame.opcode != OpCode::Continuation {
-            if self.message.is_some() {
-                return Err(fail(1002, "new message inside a fragmented message"));
-            }
-            if !frame.fin {
-                let mut msg = Fragmented {
-                    text: frame.opcode == OpCode::Text,
-                    total: len,
-                    utf8: Utf8Stream::default(),
-                };
-                if msg.text && msg.utf8.feed(&frame.payload).is_err() {
-                    return Err(fail(1007, "text is not valid UTF-8"));
-                }
-                self.message = Some(msg);
-            }
-            return Ok(());
-        }
-        let Some(msg) = self.message.as_mut() else {
-            return Err(fail(
-                1002,
-                "continuation frame without a message to continue",
-            ));
-        };
-        msg.total += len;
-        if msg.total > max {
-            return Err(fail(1009, "message exceeds --max-message-size"));
-        }
-        if msg.text
-            && (msg.utf8.feed(&frame.payload).is_err() || (frame.fin && msg.utf8.finish().is_err()))
-        {
-            return Err(fail(1007, "text is not valid UTF-8"));
-        }
-        if frame.fin {
-            self.message = None;
+            OpCode::Pong => ws.consume(&frame),
+            OpCode::Close => return Err(peer_close(ws.payload(&frame))),
         }
         Ok(())
     }
@@ -325,12 +286,7 @@ impl<S: Stream> Session<S> {
             return Err(fail(1001, "no answer to ping"));
         } else {
             self.pinged = true;
-            self.out = Some(Outgoing::new(
-                true,
-                OpCode::Ping,
-                Payload::Borrowed(&[]),
-                false,
-            ));
+            self.out = Some(Outgoing::ping());
         }
         Ok(())
     }
@@ -363,13 +319,13 @@ impl<S: Stream> Session<S> {
         let mut budget = FRAMES_PER_POLL;
         loop {
             if let Some(out) = this.out.as_mut() {
-                let io = this.ws.as_mut().expect("not done").get_mut();
-                match out.poll_write(io, &worker.scratch, cx) {
+                let ws = this.ws.as_mut().expect("not done");
+                match out.poll_write(ws, cx) {
                     Poll::Ready(Ok(())) => {
-                        if out.echo {
+                        if out.is_echo() {
                             let m = &worker.metrics;
                             m.frames_out.add(1);
-                            m.bytes_out.add(out.payload.len() as u64);
+                            m.bytes_out.add(out.payload_len() as u64);
                         }
                         this.out = None;
                         this.stall_mark = None;
@@ -410,7 +366,7 @@ impl<S: Stream> Session<S> {
             if buf.capacity() == 0 {
                 *buf = worker.buffers.take();
             }
-            match ws.poll_read_frame(cx) {
+            match ws.poll_frame_in_place(cx) {
                 Poll::Ready(Ok(frame)) => {
                     budget -= 1;
                     if let Err(end) = this.on_frame(frame) {
@@ -440,6 +396,53 @@ impl<S: Stream> Session<S> {
             }
         }
     }
+}
+
+/// Checks a data frame against the message it belongs to (`message`, the
+/// fragmented message in progress): order of fragments, total size against
+/// `max`, UTF-8 across fragments. (A whole text message in one frame was
+/// validated by fastwebsockets.)
+fn check_message(
+    message: &mut Option<Fragmented>,
+    max: usize,
+    frame: &InPlace,
+    payload: &[u8],
+) -> Result<(), End> {
+    let len = frame.payload_len();
+    if frame.opcode != OpCode::Continuation {
+        if message.is_some() {
+            return Err(fail(1002, "new message inside a fragmented message"));
+        }
+        if !frame.fin {
+            let mut msg = Fragmented {
+                text: frame.opcode == OpCode::Text,
+                total: len,
+                utf8: Utf8Stream::default(),
+            };
+            if msg.text && msg.utf8.feed(payload).is_err() {
+                return Err(fail(1007, "text is not valid UTF-8"));
+            }
+            *message = Some(msg);
+        }
+        return Ok(());
+    }
+    let Some(msg) = message.as_mut() else {
+        return Err(fail(
+            1002,
+            "continuation frame without a message to continue",
+        ));
+    };
+    msg.total += len;
+    if msg.total > max {
+        return Err(fail(1009, "message exceeds --max-message-size"));
+    }
+    if msg.text && (msg.utf8.feed(payload).is_err() || (frame.fin && msg.utf8.finish().is_err())) {
+        return Err(fail(1007, "text is not valid UTF-8"));
+    }
+    if frame.fin {
+        *message = None;
+    }
+    Ok(())
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).

@@ -23,8 +23,6 @@ pub struct Worker {
     pub sessions: crate::drain::LocalSessions,
     /// Read buffers lent to sessions while they have bytes to parse.
     pub buffers: crate::buffers::BufferPool,
-    /// Where sessions assemble small frames before writing them.
-    pub scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -114,7 +112,6 @@ impl Worker {
             shared,
             sessions: Default::default(),
             buffers: Default::default(),
-            scratch: Default::default(),
         })
     }
 }
@@ -132,7 +129,6 @@ pub(crate) fn run(
             shared: shared.clone(),
             sessions: Default::default(),
             buffers: Default::default(),
-            scratch: Default::default(),
         });
         let accept = tokio::task::spawn_local(io::accept_loop(runtime, listener, worker.clone()));
         for (period, tick) in [

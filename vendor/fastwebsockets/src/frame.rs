@@ -235,11 +235,7 @@ impl<'f> Frame<'f> {
 
   /// Checks if the frame payload is valid UTF-8.
   pub fn is_utf8(&self) -> bool {
-    #[cfg(feature = "simd")]
-    return simdutf8::basic::from_utf8(&self.payload).is_ok();
-
-    #[cfg(not(feature = "simd"))]
-    return std::str::from_utf8(&self.payload).is_ok();
+    is_utf8(&self.payload)
   }
 
   pub fn mask(&mut self) {
@@ -354,6 +350,16 @@ repr_u8! {
         Ping = 0x9,
         Pong = 0xA,
     }
+}
+
+/// Whether `bytes` are valid UTF-8 (ringws patch: shared by `Frame::is_utf8`
+/// and the in-place parse).
+pub(crate) fn is_utf8(bytes: &[u8]) -> bool {
+  #[cfg(feature = "simd")]
+  return simdutf8::basic::from_utf8(bytes).is_ok();
+
+  #[cfg(not(feature = "simd"))]
+  return std::str::from_utf8(bytes).is_ok();
 }
 
 #[inline]

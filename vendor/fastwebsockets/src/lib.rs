@@ -612,6 +612,105 @@ impl<'f, S> WebSocket<S> {
     &mut self.stream
   }
 
+  /// Reads until one whole frame is buffered and leaves it there (ringws
+  /// patch): the payload is unmasked in place, and a whole text frame
+  /// validated, as by [`WebSocket::poll_read_frame`], but nothing is split
+  /// off or copied. The payload is [`WebSocket::payload`]; an answer can be
+  /// framed in the same bytes ([`WebSocket::frame_reply_in_place`]) and
+  /// written with [`WebSocket::stream_and_buffer`]; [`WebSocket::consume`]
+  /// then removes the frame.
+  ///
+  /// The frame must be consumed before this is called again: a second call
+  /// would unmask the same payload twice.
+  pub fn poll_frame_in_place(
+    &mut self,
+    cx: &mut std::task::Context<'_>,
+  ) -> std::task::Poll<Result<InPlace, WebSocketError>>
+  where
+    S: AsyncRead + Unpin,
+  {
+    use std::future::Future;
+    loop {
+      if let Some(head) = self.read_half.parse_head()? {
+        let frame_len = head.header_len + head.payload_len;
+        let payload = &mut self.read_half.buffer[head.header_len..frame_len];
+        if let Some(mask) = head.mask {
+          if self.read_half.role == Role::Server && self.read_half.auto_apply_mask {
+            mask::unmask(payload, mask);
+          }
+        }
+        if head.opcode == OpCode::Text && head.fin && !frame::is_utf8(payload) {
+          return std::task::Poll::Ready(Err(WebSocketError::InvalidUTF8));
+        }
+        return std::task::Poll::Ready(Ok(InPlace {
+          fin: head.fin,
+          opcode: head.opcode,
+          masked: head.mask.is_some(),
+          header_len: head.header_len,
+          payload_len: head.payload_len,
+        }));
+      }
+      self.read_half.reserve_for_read();
+      let read =
+        std::pin::pin!(self.stream.read_buf(&mut self.read_half.buffer));
+      if std::task::ready!(read.poll(cx))? == 0 {
+        return std::task::Poll::Ready(Err(WebSocketError::UnexpectedEOF));
+      }
+    }
+  }
+
+  /// The payload of `frame`, the frame [`WebSocket::poll_frame_in_place`]
+  /// returned (ringws patch).
+  pub fn payload(&self, frame: &InPlace) -> &[u8] {
+    &self.read_half.buffer[frame.header_len..frame.frame_len()]
+  }
+
+  /// Writes an unmasked header for a frame of `frame`'s payload with `fin`
+  /// and `opcode` into the bytes just before that payload (ringws patch),
+  /// where `frame`'s own header was: it is never longer, since the payload
+  /// length is the same and a server's frame carries no mask. Returns where
+  /// the reply frame lies in the read buffer, to be written from
+  /// [`WebSocket::stream_and_buffer`] before the frame is consumed.
+  pub fn frame_reply_in_place(
+    &mut self,
+    frame: &InPlace,
+    fin: bool,
+    opcode: OpCode,
+  ) -> std::ops::Range<usize> {
+    let mut head = [0u8; MAX_HEADER_SIZE];
+    let len = frame.payload_len;
+    head[0] = (fin as u8) << 7 | opcode as u8;
+    let head_len = if len < 126 {
+      head[1] = len as u8;
+      2
+    } else if len < 65536 {
+      head[1] = 126;
+      head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+      4
+    } else {
+      head[1] = 127;
+      head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+      10
+    };
+    // A frame's length field is at least as long as the shortest encoding.
+    debug_assert!(head_len <= frame.header_len);
+    let start = frame.header_len - head_len;
+    self.read_half.buffer[start..frame.header_len].copy_from_slice(&head[..head_len]);
+    start..frame.frame_len()
+  }
+
+  /// The stream and the read buffer at once (ringws patch), to write a
+  /// reply framed in place.
+  pub fn stream_and_buffer(&mut self) -> (&mut S, &BytesMut) {
+    (&mut self.stream, &self.read_half.buffer)
+  }
+
+  /// Removes `frame`, the frame [`WebSocket::poll_frame_in_place`] returned,
+  /// from the read buffer (ringws patch).
+  pub fn consume(&mut self, frame: &InPlace) {
+    self.read_half.buffer.advance(frame.frame_len());
+  }
+
 }
 
 const MAX_HEADER_SIZE: usize = 14;
@@ -755,6 +854,20 @@ impl ReadHalf {
   fn try_parse_frame<'a>(
     &mut self,
   ) -> Result<Option<Frame<'a>>, WebSocketError> {
+    let Some(head) = self.parse_head()? else {
+      return Ok(None);
+    };
+    self.buffer.advance(head.header_len);
+    // if we read too much it will stay in the buffer, for the next call to this method
+    let payload = self.buffer.split_to(head.payload_len);
+    Ok(Some(Frame::new(head.fin, head.opcode, head.mask, Payload::Bytes(payload))))
+  }
+
+  /// The header of the first frame in the buffer if the whole frame is
+  /// buffered (ringws patch: `try_parse_frame`'s checks, without consuming
+  /// anything); `Ok(None)` asks for more bytes.
+  #[inline]
+  fn parse_head(&mut self) -> Result<Option<FrameHead>, WebSocketError> {
     let buf = &self.buffer[..];
     if buf.len() < 2 {
       return Ok(None);
@@ -822,10 +935,49 @@ impl ReadHalf {
       return Ok(None);
     }
 
-    self.buffer.advance(header_len);
-    // if we read too much it will stay in the buffer, for the next call to this method
-    let payload = self.buffer.split_to(payload_len);
-    Ok(Some(Frame::new(fin, opcode, mask, Payload::Bytes(payload))))
+    Ok(Some(FrameHead {
+      fin,
+      opcode,
+      mask,
+      header_len,
+      payload_len,
+    }))
+  }
+}
+
+/// The header of a wholly buffered frame (ringws patch).
+#[derive(Clone, Copy, Debug)]
+struct FrameHead {
+  fin: bool,
+  opcode: OpCode,
+  mask: Option<[u8; 4]>,
+  header_len: usize,
+  payload_len: usize,
+}
+
+/// A frame parsed where it lies, at the front of the read buffer (ringws
+/// patch): see [`WebSocket::poll_frame_in_place`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InPlace {
+  /// Last frame of its message.
+  pub fin: bool,
+  /// The frame's opcode.
+  pub opcode: OpCode,
+  /// The peer masked it (it is unmasked in the buffer now).
+  pub masked: bool,
+  header_len: usize,
+  payload_len: usize,
+}
+
+impl InPlace {
+  /// Payload bytes.
+  pub fn payload_len(&self) -> usize {
+    self.payload_len
+  }
+
+  /// Header and payload bytes: what [`WebSocket::consume`] removes.
+  pub fn frame_len(&self) -> usize {
+    self.header_len + self.payload_len
   }
 }
 
