@@ -28,13 +28,13 @@
 //!   for the reactor and wakes the reactor's task.
 //!
 //! The reactor's task polls at most [`EVENTS_PER_POLL`] events' worth of
-//! connections before it yields to the other tasks of the worker.
-//!
-//! The price of nesting in tokio's driver: each wake-up of the worker costs
-//! two `epoll_wait` calls (tokio's, which reports the reactor's instance,
-//! then the reactor's own), where a task per connection cost one. Measured
-//! side by side that is 50–210 ns more system time per 20-byte message,
-//! against 120–140 ns less user time (README, "Performance").
+//! connections before it yields to the other tasks of the worker. Within
+//! that budget it reads its instance again after each batch, and goes back to
+//! tokio's driver only when the instance has nothing left: under load the
+//! worker makes one `epoll_wait` per batch (the reactor's) rather than two
+//! (tokio's, which reports the reactor's instance after polling every ready
+//! socket in it once more, then the reactor's own), and one more, which finds
+//! nothing, each time it runs dry.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -230,7 +230,7 @@ impl tokio::io::AsyncWrite for EpollStream {
 
 /// One connection on the reactor: its future and what wakes it.
 struct Slot {
-    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    future: Pin<Box<dyn Future<Output = ()>>>,
     conn: Rc<Conn>,
     waker: Waker,
     /// In the run queue already.
@@ -351,7 +351,7 @@ impl Reactor {
         }));
         let future = Box::pin(make(EpollStream { conn: conn.clone() }));
         entry.insert(Slot {
-            future: Some(future),
+            future,
             conn,
             waker,
             queued: false,
@@ -500,27 +500,22 @@ impl Reactor {
         let mut batch = self.batch.borrow_mut();
         std::mem::swap(&mut *batch, &mut *self.run.borrow_mut());
         let count = batch.len();
+        // Held while connections are polled: a connection's poll never
+        // reaches the slab (it reads and writes its socket through its own
+        // `Conn`, and its waker only touches the inbox), and connections are
+        // added only by the accept loop, another task.
+        let mut slots = self.slots.borrow_mut();
         for key in batch.drain(..) {
-            let (mut future, waker) = {
-                let mut slots = self.slots.borrow_mut();
-                let Some(slot) = slots.get_mut(key) else {
-                    continue;
-                };
-                slot.queued = false;
-                let Some(future) = slot.future.take() else {
-                    continue;
-                };
-                // Moved out and back rather than cloned: no reference count
-                // to touch per poll.
-                let waker = std::mem::replace(&mut slot.waker, Waker::noop().clone());
-                (future, waker)
+            let Some(slot) = slots.get_mut(key) else {
+                continue;
             };
-            // Polled with no borrow held: a connection may wake others (or
-            // itself), which only touches the inbox. A panic ends this
-            // connection only, as it would end only its task if each
-            // connection were a tokio task.
+            slot.queued = false;
+            // A panic ends this connection only, as it would end only its
+            // task if each connection were a tokio task.
+            let future = &mut slot.future;
+            let waker = &slot.waker;
             let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                future.as_mut().poll(&mut Context::from_waker(&waker))
+                future.as_mut().poll(&mut Context::from_waker(waker))
             }));
             let done = match polled {
                 Ok(poll) => poll.is_ready(),
@@ -529,14 +524,9 @@ impl Reactor {
                     true
                 }
             };
-            let mut slots = self.slots.borrow_mut();
             if done {
                 // Closes the socket, which leaves the epoll instance.
                 drop(slots.remove(key));
-            } else {
-                let slot = &mut slots[key];
-                slot.future = Some(future);
-                slot.waker = waker;
             }
         }
         count

@@ -631,7 +631,13 @@ impl<'f, S> WebSocket<S> {
   {
     use std::future::Future;
     loop {
-      if let Some(head) = self.read_half.parse_head()? {
+      // An empty buffer, the common case, costs no call.
+      let head = if self.read_half.buffer.len() < 2 {
+        None
+      } else {
+        self.read_half.parse_head()?
+      };
+      if let Some(head) = head {
         let frame_len = head.header_len + head.payload_len;
         let payload = &mut self.read_half.buffer[head.header_len..frame_len];
         if let Some(mask) = head.mask {
