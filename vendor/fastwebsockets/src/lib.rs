@@ -714,7 +714,16 @@ impl<'f, S> WebSocket<S> {
   /// Removes `frame`, the frame [`WebSocket::poll_frame_in_place`] returned,
   /// from the read buffer (ringws patch).
   pub fn consume(&mut self, frame: &InPlace) {
-    self.read_half.buffer.advance(frame.frame_len());
+    let buffer = &mut self.read_half.buffer;
+    buffer.advance(frame.frame_len());
+    // The room left for reads shrinks with every frame consumed, and a frame
+    // that no longer fits costs a second `recv` (one in eight 1 KiB messages
+    // did). Once the room is less than a frame like this one and 4 KiB, go
+    // back to the start of the allocation: no copy, since nothing is
+    // buffered, and not on every frame, as it costs ~60 instructions.
+    if buffer.is_empty() && buffer.capacity() < frame.frame_len() + 4096 {
+      let _ = buffer.try_reclaim(buffer.capacity() + 1);
+    }
   }
 
 }
