@@ -43,9 +43,10 @@ impl fmt::Display for Backend {
 ///
 /// Decided by measurement (README, "Performance"; re-measure on your kernel
 /// with `benches/compare.sh`): on this machine's kernel (6.18) the epoll
-/// backend cost less server CPU per message than the io_uring one in every
-/// scenario (20 B, 1 KiB, 16 KiB, handshakes) and less than half the memory
-/// per idle connection, as DESIGN.md's prototypes had found.
+/// backend cost less server CPU per message than the io_uring one at 20 B,
+/// 16 KiB and per handshake in every run, at 1 KiB in all but one (a tie),
+/// and a third of the memory per idle connection, as DESIGN.md's prototypes
+/// had found.
 pub const AUTO_PREFERS: Backend = Backend::Epoll;
 
 /// The outcome of [`choose`].
