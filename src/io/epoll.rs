@@ -68,7 +68,7 @@ pub fn runtime() -> io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)>
 /// registering them with tokio's driver first).
 pub async fn accept_loop<H: Handler>(
     listener: std::net::TcpListener,
-    instance: OwnedFd,
+    reactor: Rc<Reactor>,
     handler: H,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -77,8 +77,6 @@ pub async fn accept_loop<H: Handler>(
     // as the `AsyncFd` owns it; nothing else closes it.
     let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
         .map_err(io::Error::from)?;
-    let reactor = Reactor::new(instance)?;
-    tokio::task::spawn_local(reactor.clone().run());
     loop {
         let mut ready = listener.readable().await?;
         let accepted = ready.try_io(|listener| {
@@ -359,8 +357,9 @@ impl Reactor {
         Ok(())
     }
 
-    /// The reactor's task: runs for as long as the worker does.
-    async fn run(self: Rc<Self>) {
+    /// The reactor's task: runs for as long as the worker does (spawned on
+    /// the worker's `LocalSet` with the runtime).
+    pub async fn run(self: Rc<Self>) {
         std::future::poll_fn(|cx| self.poll(cx)).await
     }
 

@@ -107,14 +107,14 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
 pub enum Runtime {
     /// tokio-uring's runtime (a tokio current-thread runtime with a ring).
     Uring(tokio_uring::Runtime),
-    /// A tokio current-thread runtime with a `LocalSet`, and the epoll
-    /// instance of the worker's reactor (created with the runtime, so that a
-    /// worker short of file descriptors fails before any worker accepts;
-    /// taken by the accept loop).
+    /// A tokio current-thread runtime with a `LocalSet`, and the worker's
+    /// reactor (its epoll instance created and its task spawned with the
+    /// runtime, so that a worker short of file descriptors fails before any
+    /// worker accepts).
     Epoll(
         tokio::runtime::Runtime,
         tokio::task::LocalSet,
-        std::cell::Cell<Option<std::os::fd::OwnedFd>>,
+        std::rc::Rc<epoll::Reactor>,
     ),
 }
 
@@ -125,7 +125,14 @@ impl Runtime {
             (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
             _ => {
                 let (rt, local) = epoll::runtime()?;
-                Runtime::Epoll(rt, local, std::cell::Cell::new(Some(epoll::instance()?)))
+                let reactor = {
+                    // Registering the instance with tokio's driver needs the
+                    // runtime's context.
+                    let _context = rt.enter();
+                    epoll::Reactor::new(epoll::instance()?)?
+                };
+                local.spawn_local(reactor.clone().run());
+                Runtime::Epoll(rt, local, reactor)
             }
         })
     }
@@ -157,8 +164,7 @@ pub trait Handler {
 }
 
 /// Accepts connections on `listener` forever, on `runtime`'s backend (the
-/// future must run on `runtime`; an epoll runtime's reactor instance is
-/// taken by the first call).
+/// future must run on `runtime`).
 pub fn accept_loop<H: Handler + 'static>(
     runtime: &Runtime,
     listener: std::net::TcpListener,
@@ -166,13 +172,12 @@ pub fn accept_loop<H: Handler + 'static>(
 ) -> impl Future<Output = io::Result<()>> + 'static {
     let reactor = match runtime {
         Runtime::Uring(_) => None,
-        Runtime::Epoll(_, _, instance) => Some(instance.take()),
+        Runtime::Epoll(_, _, reactor) => Some(reactor.clone()),
     };
     async move {
         match reactor {
             None => uring::accept_loop(listener, handler).await,
-            Some(Some(instance)) => epoll::accept_loop(listener, instance, handler).await,
-            Some(None) => Err(io::Error::other("the epoll reactor's instance was taken")),
+            Some(reactor) => epoll::accept_loop(listener, reactor, handler).await,
         }
     }
 }
