@@ -683,25 +683,32 @@ impl<'f, S> WebSocket<S> {
     fin: bool,
     opcode: OpCode,
   ) -> std::ops::Range<usize> {
-    let mut head = [0u8; MAX_HEADER_SIZE];
     let len = frame.payload_len;
-    head[0] = (fin as u8) << 7 | opcode as u8;
     let head_len = if len < 126 {
-      head[1] = len as u8;
       2
     } else if len < 65536 {
-      head[1] = 126;
-      head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
       4
     } else {
-      head[1] = 127;
-      head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
       10
     };
     // A frame's length field is at least as long as the shortest encoding.
     debug_assert!(head_len <= frame.header_len);
     let start = frame.header_len - head_len;
-    self.read_half.buffer[start..frame.header_len].copy_from_slice(&head[..head_len]);
+    // Written in place byte by byte (a copy of a variable-length header
+    // costs a `memcpy` call per frame).
+    let head = &mut self.read_half.buffer[start..frame.header_len];
+    head[0] = (fin as u8) << 7 | opcode as u8;
+    match head_len {
+      2 => head[1] = len as u8,
+      4 => {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+      }
+      _ => {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+      }
+    }
     start..frame.frame_len()
   }
 
