@@ -404,7 +404,7 @@ impl Reactor {
                 }
                 return Poll::Pending;
             }
-            if !after_batch && read != Read::Partial(1) {
+            if !after_batch && matches!(read, Read::Full | Read::Partial(2..)) {
                 // Events piled up while the worker slept or worked: read
                 // again after each batch for as long as that finds more.
                 self.reread.set(true);
