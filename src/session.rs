@@ -118,12 +118,10 @@ struct Fragmented {
 /// (echo or pong), or the session's own ping.
 #[derive(Debug)]
 struct Outgoing {
-    /// The frame answered (still at the front of the read buffer, consumed
-    /// once the reply is written), or `None` for a ping.
+    /// The frame answered (still at the front of the read buffer, its reply
+    /// at `reply_range()`, consumed once the reply is written), or `None`
+    /// for a ping.
     answers: Option<InPlace>,
-    /// Where the reply lies in the read buffer.
-    start: usize,
-    end: usize,
     written: usize,
 }
 
@@ -133,11 +131,9 @@ const PING: [u8; 2] = [0x89, 0x00];
 impl Outgoing {
     /// A reply to `frame` with `fin` and `opcode`, framed in its bytes.
     fn reply<S>(ws: &mut WebSocket<S>, frame: InPlace, fin: bool, opcode: OpCode) -> Outgoing {
-        let at = ws.frame_reply_in_place(&frame, fin, opcode);
+        ws.frame_reply_in_place(&frame, fin, opcode);
         Outgoing {
             answers: Some(frame),
-            start: at.start,
-            end: at.end,
             written: 0,
         }
     }
@@ -146,8 +142,6 @@ impl Outgoing {
     fn ping() -> Outgoing {
         Outgoing {
             answers: None,
-            start: 0,
-            end: PING.len(),
             written: 0,
         }
     }
@@ -169,8 +163,8 @@ impl Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let (io, buffer) = ws.stream_and_buffer();
-        let bytes = match self.answers {
-            Some(_) => &buffer[self.start..self.end],
+        let bytes = match &self.answers {
+            Some(frame) => &buffer[frame.reply_range()],
             None => &PING[..],
         };
         while self.written < bytes.len() {
@@ -236,7 +230,7 @@ impl<S: Stream> Session<S> {
         if !frame.masked {
             return Err(fail(1002, "client frames must be masked"));
         }
-        let worker = self.slot.worker().clone();
+        let worker = self.slot.worker();
         let ws = self.ws.as_mut().expect("not done");
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {

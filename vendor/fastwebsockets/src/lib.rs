@@ -569,35 +569,6 @@ impl<'f, S> WebSocket<S> {
       }
     }
   }
-  /// Reads a frame, poll-style (ringws patch).
-  ///
-  /// For callers that answer pings and closes themselves: it never writes,
-  /// so `auto_close` and `auto_pong` do not apply. Frames are unmasked, and
-  /// whole text frames validated, as by [`WebSocket::read_frame`]. It keeps
-  /// no state outside the read buffer, so it may be abandoned at any
-  /// `Pending` and polled again later, and a caller needs no future (and no
-  /// memory) to wait for the next frame.
-  pub fn poll_read_frame(
-    &mut self,
-    cx: &mut std::task::Context<'_>,
-  ) -> std::task::Poll<Result<Frame<'f>, WebSocketError>>
-  where
-    S: AsyncRead + Unpin,
-  {
-    use std::future::Future;
-    loop {
-      if let Some(frame) = self.read_half.try_parse_frame()? {
-        return std::task::Poll::Ready(self.read_half.check_frame(frame));
-      }
-      self.read_half.reserve_for_read();
-      let read =
-        std::pin::pin!(self.stream.read_buf(&mut self.read_half.buffer));
-      if std::task::ready!(read.poll(cx))? == 0 {
-        return std::task::Poll::Ready(Err(WebSocketError::UnexpectedEOF));
-      }
-    }
-  }
-
   /// The buffer frames are read into (ringws patch), so a caller can lend
   /// it out while the connection is idle and back in when data arrives. An
   /// empty buffer with no capacity gets 8 KiB on the next read.
@@ -605,20 +576,16 @@ impl<'f, S> WebSocket<S> {
     &mut self.read_half.buffer
   }
 
-  /// The underlying stream (ringws patch), to write frames without keeping
-  /// a `write_frame` future. Writing to it while a `write_frame` is pending
-  /// would interleave bytes.
-  pub fn get_mut(&mut self) -> &mut S {
-    &mut self.stream
-  }
-
   /// Reads until one whole frame is buffered and leaves it there (ringws
-  /// patch): the payload is unmasked in place, and a whole text frame
-  /// validated, as by [`WebSocket::poll_read_frame`], but nothing is split
-  /// off or copied. The payload is [`WebSocket::payload`]; an answer can be
-  /// framed in the same bytes ([`WebSocket::frame_reply_in_place`]) and
+  /// patch): the same parse and checks as [`WebSocket::read_frame`], the
+  /// payload unmasked in place and a whole text frame validated, but nothing
+  /// is split off or copied, and nothing is ever written, so `auto_close` and
+  /// `auto_pong` do not apply. The payload is [`WebSocket::payload`]; an
+  /// answer can be framed in the same bytes
+  /// ([`WebSocket::frame_reply_in_place`], then [`InPlace::reply_range`]) and
   /// written with [`WebSocket::stream_and_buffer`]; [`WebSocket::consume`]
-  /// then removes the frame.
+  /// then removes the frame. It keeps no state outside the read buffer, so
+  /// it may be abandoned at any `Pending` and polled again later.
   ///
   /// The frame must be consumed before this is called again: a second call
   /// would unmask the same payload twice.
@@ -674,31 +641,22 @@ impl<'f, S> WebSocket<S> {
   /// Writes an unmasked header for a frame of `frame`'s payload with `fin`
   /// and `opcode` into the bytes just before that payload (ringws patch),
   /// where `frame`'s own header was: it is never longer, since the payload
-  /// length is the same and a server's frame carries no mask. Returns where
-  /// the reply frame lies in the read buffer, to be written from
-  /// [`WebSocket::stream_and_buffer`] before the frame is consumed.
+  /// length is the same and a server's frame carries no mask. The reply
+  /// then lies at [`InPlace::reply_range`] in the read buffer, to be written
+  /// from [`WebSocket::stream_and_buffer`] before the frame is consumed.
   pub fn frame_reply_in_place(
     &mut self,
     frame: &InPlace,
     fin: bool,
     opcode: OpCode,
-  ) -> std::ops::Range<usize> {
+  ) {
     let len = frame.payload_len;
-    let head_len = if len < 126 {
-      2
-    } else if len < 65536 {
-      4
-    } else {
-      10
-    };
-    // A frame's length field is at least as long as the shortest encoding.
-    debug_assert!(head_len <= frame.header_len);
-    let start = frame.header_len - head_len;
+    let range = frame.reply_range();
     // Written in place byte by byte (a copy of a variable-length header
     // costs a `memcpy` call per frame).
-    let head = &mut self.read_half.buffer[start..frame.header_len];
+    let head = &mut self.read_half.buffer[range.start..frame.header_len];
     head[0] = (fin as u8) << 7 | opcode as u8;
-    match head_len {
+    match head.len() {
       2 => head[1] = len as u8,
       4 => {
         head[1] = 126;
@@ -709,7 +667,6 @@ impl<'f, S> WebSocket<S> {
         head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
       }
     }
-    start..frame.frame_len()
   }
 
   /// The stream and the read buffer at once (ringws patch), to write a
@@ -856,21 +813,6 @@ impl ReadHalf {
     }
   }
 
-  /// Unmasks a parsed frame and validates a whole text frame, as
-  /// `read_frame_inner` does for data frames.
-  fn check_frame<'f>(
-    &self,
-    mut frame: Frame<'f>,
-  ) -> Result<Frame<'f>, WebSocketError> {
-    if self.role == Role::Server && self.auto_apply_mask {
-      frame.unmask()
-    };
-    if frame.opcode == OpCode::Text && frame.fin && !frame.is_utf8() {
-      return Err(WebSocketError::InvalidUTF8);
-    }
-    Ok(frame)
-  }
-
   /// Parses one frame if it is wholly buffered; `Ok(None)` asks for more
   /// bytes. Header errors are reported as soon as the header is buffered.
   fn try_parse_frame<'a>(
@@ -1000,6 +942,20 @@ impl InPlace {
   /// Header and payload bytes: what [`WebSocket::consume`] removes.
   pub fn frame_len(&self) -> usize {
     self.header_len + self.payload_len
+  }
+
+  /// Where the reply [`WebSocket::frame_reply_in_place`] writes lies in the
+  /// read buffer: its unmasked header (the shortest encoding of the same
+  /// payload length) ends where this frame's header ends.
+  pub fn reply_range(&self) -> std::ops::Range<usize> {
+    let head_len = match self.payload_len {
+      0..126 => 2,
+      126..65536 => 4,
+      _ => 10,
+    };
+    // A frame's length field is at least as long as the shortest encoding.
+    debug_assert!(head_len <= self.header_len);
+    self.header_len - head_len..self.frame_len()
   }
 }
 
