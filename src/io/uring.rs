@@ -17,15 +17,21 @@
 //!   caller stops polling (a `select!` that picked another branch) stays in
 //!   flight and is picked up by the next `poll_read`: nothing is lost. The
 //!   buffer starts at 64 bytes, grows fourfold whenever a read fills it (up to
-//!   64 KiB) and drops back to 64 bytes after a run of 16 small reads, so a
-//!   connection that carries small messages pins only a small buffer in its
-//!   pending read, and mixed sizes do not reallocate per message.
+//!   64 KiB) and shrinks fourfold (down to 64 bytes) after each run of 16
+//!   reads that used less than a quarter of it, so a connection that carries
+//!   small messages pins only a small buffer in its pending read, one that a
+//!   burst grew gets back to the size of its traffic, and mixed sizes do not
+//!   reallocate per message.
 //! * **Write**: `poll_write` copies the caller's bytes into a staging buffer
 //!   and returns at once (write-behind); a write operation sends the staged
 //!   bytes (the rest of a short write is resubmitted first), and bytes
 //!   written meanwhile are staged behind it and sent by the next operation,
 //!   so several frames go out in one `send`. Staging is
-//!   bounded: past 64 KiB `poll_write` waits. `poll_flush` waits until all is
+//!   bounded: past 64 KiB `poll_write` waits. A sent buffer is kept for
+//!   staging again unless it is over 48 KiB, or it is over 1 KiB, this write
+//!   used less than a quarter of it and so did the last 16 writes of the
+//!   larger of the two buffers taking turns (a burst's buffers are dropped
+//!   once the traffic is small again). `poll_flush` waits until all is
 //!   sent; a failed send is reported by the next write or flush. `poll_read`
 //!   also drives the write side, since a session that wrote and went back to
 //!   reading polls nothing else.
@@ -144,7 +150,8 @@ pub async fn accept_loop<H: Handler>(
 
 /// Smallest read buffer, used while a connection is idle.
 const READ_MIN: usize = 64;
-/// Consecutive small reads after which the read buffer shrinks to `READ_MIN`.
+/// Consecutive reads (writes) that used less than a quarter of their buffer,
+/// after which the read buffer shrinks fourfold (a write buffer is dropped).
 const SHRINK_AFTER: u8 = 16;
 /// Largest read buffer.
 const READ_MAX: usize = 64 << 10;
@@ -155,6 +162,8 @@ const WRITE_HIGH_WATER: usize = 64 << 10;
 /// every connection). 48 KiB: staging grows by doubling, so traffic around
 /// 16 KiB ends up with ~32 KiB buffers, which must stay reusable.
 const WRITE_RETAIN: usize = 48 << 10;
+/// Write buffers up to this size are kept however little of them is used.
+const WRITE_KEEP: usize = 1 << 10;
 
 type ReadOutput = (io::Result<usize>, Vec<u8>);
 
@@ -188,8 +197,10 @@ pin_project! {
         rpos: usize,
         // Capacity of the next read.
         rcap: usize,
-        // Consecutive reads of at most READ_MIN bytes.
+        // Consecutive reads that used less than a quarter of the buffer.
         small_reads: u8,
+        // Consecutive writes that used less than a quarter of their buffer.
+        small_writes: u8,
         // A failed write poisons the stream: later writes report this.
         werr: Option<io::ErrorKind>,
         #[pin]
@@ -223,6 +234,7 @@ impl UringStream<()> {
             rpos: 0,
             rcap: READ_MIN,
             small_reads: 0,
+            small_writes: 0,
             werr: None,
             read: None,
             wnext: Vec::new(),
@@ -259,7 +271,18 @@ impl<R> UringStream<R> {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
                     Ok(_) => {
-                        if buf.capacity() <= WRITE_RETAIN {
+                        // Two buffers take turns (this one and the one now
+                        // staging): a write is small next to the larger.
+                        let largest = buf.capacity().max(this.wnext.capacity());
+                        if buf.len() < largest / 4 {
+                            *this.small_writes = this.small_writes.saturating_add(1);
+                        } else {
+                            *this.small_writes = 0;
+                        }
+                        let oversized = buf.capacity() > WRITE_KEEP
+                            && buf.len() < buf.capacity() / 4
+                            && *this.small_writes >= SHRINK_AFTER;
+                        if buf.capacity() <= WRITE_RETAIN && !oversized {
                             buf.clear();
                             *this.wspare = buf;
                         }
@@ -335,12 +358,14 @@ where
                 if n == this.rbuf.capacity() {
                     *this.rcap = (*this.rcap * 4).min(READ_MAX);
                     *this.small_reads = 0;
-                } else if n <= READ_MIN {
+                } else if n < this.rbuf.capacity() / 4 {
                     // Shrink only after a run of small reads, so traffic that
-                    // mixes sizes does not reallocate per message.
+                    // mixes sizes does not reallocate per message; by a
+                    // quarter, which still holds every read of the run.
                     *this.small_reads = this.small_reads.saturating_add(1);
                     if *this.small_reads >= SHRINK_AFTER {
-                        *this.rcap = READ_MIN;
+                        *this.rcap = (*this.rcap / 4).max(READ_MIN);
+                        *this.small_reads = 0;
                     }
                 } else {
                     *this.small_reads = 0;
@@ -397,5 +422,67 @@ impl<R> AsyncWrite for UringStream<R> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_write_progress(cx))?;
         Poll::Ready(self.stream.shutdown(Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A burst grows the adapter's buffers; small traffic afterwards brings
+    /// them back down, so a connection does not keep a burst's memory for
+    /// the rest of its life.
+    #[test]
+    fn buffers_shrink_back_after_a_burst() {
+        let Ok(flags) = probe() else {
+            eprintln!("io_uring unavailable here: skipped");
+            return;
+        };
+        block_on(&flags, async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let listener = tokio_uring::net::TcpListener::from_std(listener);
+            let (accepted, _) = listener.accept().await.unwrap();
+            let mut s = UringStream::boxed(accepted);
+            let mut buf = vec![0u8; 64 << 10];
+
+            // Read side: a 48 KiB burst, then small messages.
+            client.write_all(&vec![1u8; 48 << 10]).unwrap();
+            let mut got = 0;
+            while got < 48 << 10 {
+                got += s.read(&mut buf).await.unwrap();
+            }
+            assert_eq!(s.rcap, READ_MAX, "the burst grew the read buffer");
+            for _ in 0..100 {
+                client.write_all(&[2u8; 100]).unwrap();
+                assert_eq!(s.read(&mut buf).await.unwrap(), 100);
+            }
+            assert_eq!(
+                s.rcap, 256,
+                "smallest size that 100-byte reads use a quarter of"
+            );
+
+            // Write side: a 40 KiB message, then small ones.
+            s.write_all(&vec![3u8; 40 << 10]).await.unwrap();
+            s.flush().await.unwrap();
+            client.read_exact(&mut buf[..40 << 10]).unwrap();
+            assert!(s.wspare.capacity() >= 40 << 10, "kept for reuse");
+            for _ in 0..100 {
+                s.write_all(&[4u8; 100]).await.unwrap();
+                s.flush().await.unwrap();
+                client.read_exact(&mut buf[..100]).unwrap();
+            }
+            assert!(
+                s.wspare.capacity() <= WRITE_KEEP && s.wnext.capacity() <= WRITE_KEEP,
+                "write buffers {} and {} bytes after 100 small writes",
+                s.wspare.capacity(),
+                s.wnext.capacity()
+            );
+        })
+        .unwrap();
     }
 }
