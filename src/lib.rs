@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod server;
 mod session;
 pub mod standalone;
+mod ticker;
 pub mod upgrade;
 pub mod utf8;
 mod worker;

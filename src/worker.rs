@@ -5,11 +5,13 @@
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::drain::Tick;
 use crate::io::{self, Handler, Stream};
 use crate::metrics::WorkerMetrics;
 use crate::server::Shared;
+use crate::ticker::Ticker;
 use crate::{http, session};
 
 /// State a worker's connections share (never crosses threads).
@@ -131,22 +133,30 @@ pub(crate) fn run(
             buffers: Default::default(),
         });
         let accept = tokio::task::spawn_local(io::accept_loop(runtime, listener, worker.clone()));
+        let mut jobs: Vec<Job> = Vec::new();
         for (period, tick) in [
             (shared.config.idle_timeout, Tick::IDLE),
             (shared.config.write_timeout, Tick::STALL),
         ] {
             if !period.is_zero() {
                 let worker = worker.clone();
-                every(period, move || worker.sessions.tick_all(tick));
+                jobs.push((period, Box::new(move || worker.sessions.tick_all(tick))));
             }
         }
         let w = worker.clone();
-        every(crate::buffers::RECLAIM_EVERY, move || w.sessions.reclaim());
+        jobs.push((
+            crate::buffers::RECLAIM_EVERY,
+            Box::new(move || w.sessions.reclaim()),
+        ));
         let w = worker.clone();
-        every(crate::memory::COLLECT_EVERY, move || {
-            w.buffers.trim();
-            crate::memory::collect();
-        });
+        jobs.push((
+            crate::memory::COLLECT_EVERY,
+            Box::new(move || {
+                w.buffers.trim();
+                crate::memory::collect();
+            }),
+        ));
+        tokio::task::spawn_local(housekeeping(jobs));
         tokio::select! {
             () = shared.drain.started() => {}
             res = accept => {
@@ -171,16 +181,37 @@ pub(crate) fn run(
     })
 }
 
-/// Calls `f` on this worker every `period`, the first time one period from
-/// now, for as long as the worker runs.
-fn every(period: std::time::Duration, f: impl Fn() + 'static) {
-    tokio::task::spawn_local(async move {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            ticks.tick().await;
-            f();
+/// Periodic work of a worker: a period and what to do each time.
+type Job = (Duration, Box<dyn Fn()>);
+
+/// Runs each job every its period, the first time one period from now, for
+/// as long as the worker runs: all from one [`Ticker`] at the shortest
+/// period (a job runs late by less than that), so the worker has one timer
+/// in the kernel and none in tokio's wheel.
+async fn housekeeping(jobs: Vec<Job>) {
+    let Some(base) = jobs.iter().map(|(period, _)| *period).min() else {
+        return;
+    };
+    // Before the ticker is armed, so that a job whose period is a multiple
+    // of `base` is due by the tick that ends it.
+    let start = Instant::now();
+    let mut ticker = Ticker::new(base);
+    let mut due: Vec<Instant> = jobs.iter().map(|(period, _)| start + *period).collect();
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        for ((period, job), due) in jobs.iter().zip(&mut due) {
+            if *due <= now {
+                job();
+                *due += *period;
+                if *due <= now {
+                    // Periods missed while the worker was busy are not
+                    // made up for.
+                    *due = now + *period;
+                }
+            }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,143 @@
+//! A periodic tick for a worker's housekeeping, from a timerfd.
+//!
+//! tokio's timer wheel parks the worker in `epoll_wait` with a timeout
+//! whenever any tokio timer is pending, and a periodic one always is: each
+//! sleep then arms and cancels a kernel hrtimer and reads the clock twice.
+//! At low load every message is a wake-up, so that is paid per message. A
+//! timerfd is an ordinary readable descriptor in tokio's I/O driver: with no
+//! tokio timer pending (no handshake or closing handshake in progress), the
+//! worker parks without a timeout and the kernel's timer stays armed between
+//! ticks. (Open loop, 100 connections × 100 messages/s on epoll:
+//! `hrtimer_start` per message 0.98 → 0.007, and ~2 % less server CPU per
+//! message in `perf record` samples, which is within this VM's noise in
+//! CPU time.)
+//!
+//! Falls back to a tokio interval when no timerfd can be created (out of
+//! file descriptors at startup): the ticks matter more than their cost.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Ticks every `period`, the first one period after it is made.
+pub enum Ticker {
+    /// A periodic timerfd watched by tokio's I/O driver.
+    Fd(AsyncFd<OwnedFd>),
+    /// tokio's own interval, when no timerfd could be made.
+    Tokio(tokio::time::Interval),
+}
+
+impl Ticker {
+    /// A ticker with a timerfd if one can be made. Must be called on a tokio
+    /// runtime (with I/O and time enabled); `period` must not be zero.
+    pub fn new(period: Duration) -> Ticker {
+        assert!(!period.is_zero(), "a ticker needs a period");
+        match timerfd(period) {
+            Ok(fd) => Ticker::Fd(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "no timerfd for housekeeping ticks: using tokio's timer");
+                let start = tokio::time::Instant::now() + period;
+                let mut interval = tokio::time::interval_at(start, period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ticker::Tokio(interval)
+            }
+        }
+    }
+
+    /// Waits for the next tick. Ticks missed while the worker was busy are
+    /// merged into one.
+    pub async fn tick(&mut self) {
+        match self {
+            Ticker::Tokio(interval) => {
+                interval.tick().await;
+            }
+            Ticker::Fd(fd) => loop {
+                let Ok(mut ready) = fd.readable().await else {
+                    // The driver is shutting down: no more ticks.
+                    return std::future::pending().await;
+                };
+                let mut expirations = [0u8; 8];
+                match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut expirations)?)) {
+                    Ok(Ok(8)) => return,
+                    // A timerfd read is 8 bytes or fails; EAGAIN is the
+                    // `Err` arm (the readiness was stale).
+                    Ok(_) | Err(_) => continue,
+                }
+            },
+        }
+    }
+}
+
+/// A non-blocking monotonic timerfd that expires every `period`, first one
+/// `period` from now, registered with the current tokio runtime.
+fn timerfd(period: Duration) -> io::Result<AsyncFd<OwnedFd>> {
+    let fd = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?;
+    let every = Timespec {
+        tv_sec: i64::try_from(period.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: period.subsec_nanos().into(),
+    };
+    let spec = Itimerspec {
+        it_interval: every,
+        it_value: every,
+    };
+    timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
+    // SAFETY: the `OwnedFd` stays open, and the same descriptor, for as long
+    // as the `AsyncFd` owns it; nothing else closes it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn ticks_every_period() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let period = Duration::from_millis(20);
+            let mut ticker = Ticker::new(period);
+            assert!(matches!(ticker, Ticker::Fd(_)));
+            let start = Instant::now();
+            for _ in 0..5 {
+                ticker.tick().await;
+            }
+            let took = start.elapsed();
+            assert!(took >= period * 5, "5 ticks in {took:?}");
+        });
+    }
+
+    #[test]
+    fn missed_ticks_are_merged() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let period = Duration::from_millis(10);
+            let mut ticker = Ticker::new(period);
+            // Busy for five periods: one tick is due at once, not five.
+            std::thread::sleep(period * 5);
+            let start = Instant::now();
+            for _ in 0..3 {
+                ticker.tick().await;
+            }
+            let took = start.elapsed();
+            assert!(took >= period, "3 ticks in {took:?} after 5 periods missed");
+        });
+    }
+}
