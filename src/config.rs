@@ -48,7 +48,8 @@ pub struct Config {
     pub io: IoMode,
 
     /// Most WebSocket sessions open at once (whole process); further upgrades
-    /// get 503 with Retry-After [default: the open-file limit minus a reserve].
+    /// get 503 with Retry-After [default: the open-file limit minus 64, minus 8
+    /// per worker].
     #[arg(long, env = "RINGWS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 

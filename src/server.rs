@@ -13,9 +13,14 @@ use crate::io::{Backend, Choice, UringUnavailable};
 use crate::metrics::Metrics;
 use crate::{io as backends, listener, worker};
 
-/// File descriptors kept back from `--max-connections`' default for
-/// listeners, rings and plain HTTP connections.
+/// File descriptors kept back from `--max-connections`' default for the
+/// process (standard streams, signals, plain HTTP connections such as probes
+/// and scrapes)...
 const FD_RESERVE: usize = 64;
+/// ... and for each worker: its listener, its runtime's epoll instances,
+/// waker and signal receiver, its ring (io_uring) and its ticker's timerfd:
+/// seven on either backend (`/proc/PID/fd` with 1, 2 and 4 workers), plus one.
+const FD_RESERVE_PER_WORKER: usize = 8;
 
 /// State shared by all workers.
 #[derive(Debug)]
@@ -89,11 +94,11 @@ impl Server {
             _ => {}
         }
         let nofile = raise_nofile_limit();
+        let workers = config.worker_count();
         let capacity = usize::try_from(nofile)
             .unwrap_or(usize::MAX)
-            .saturating_sub(FD_RESERVE);
+            .saturating_sub(FD_RESERVE + FD_RESERVE_PER_WORKER * workers);
         let max_connections = config.max_connections.unwrap_or(capacity);
-        let workers = config.worker_count();
         let listeners = listener::bind(SocketAddr::new(config.bind, config.port), workers)?;
         let local_addr = listeners[0].local_addr()?;
         tracing::info!(
