@@ -102,17 +102,21 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn ticks_every_period() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    fn on_runtime(test: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async {
+            .unwrap()
+            .block_on(test);
+    }
+
+    #[test]
+    fn ticks_every_period() {
+        on_runtime(async {
             let period = Duration::from_millis(20);
+            let start = Instant::now();
             let mut ticker = Ticker::new(period);
             assert!(matches!(ticker, Ticker::Fd(_)));
-            let start = Instant::now();
             for _ in 0..5 {
                 ticker.tick().await;
             }
@@ -123,11 +127,7 @@ mod tests {
 
     #[test]
     fn missed_ticks_are_merged() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        on_runtime(async {
             let period = Duration::from_millis(10);
             let mut ticker = Ticker::new(period);
             // Busy for five periods: one tick is due at once, not five.
