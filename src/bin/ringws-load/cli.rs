@@ -209,6 +209,15 @@ pub struct IdleArgs {
     #[arg(long)]
     pub per_process: Option<usize>,
 
+    /// Open the connections in this many equal steps, sampling the server's
+    /// RSS after each (--hold after the step's connections echoed) and
+    /// fitting RSS against connections by least squares: the slope is the
+    /// memory each further connection costs, apart from what the server
+    /// holds regardless. Needs --server-pid; one process only (at most
+    /// --per-process connections).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub steps: u32,
+
     /// Internal: run as worker I of N (set by the parent process).
     #[arg(long, hide = true, value_name = "I/N")]
     pub shard: Option<String>,

@@ -167,13 +167,44 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     let mut r = common::base_report("idle", &a.common, target.url(), n, a.size);
     r.processes = Some(shards as u64);
     r.window_s = a.hold.as_secs_f64();
+    let steps = a.steps as usize;
+    if steps > 1 && (shards > 1 || pid.is_none()) {
+        return Err(format!(
+            "--steps needs --server-pid and at most --per-process ({per_process}) connections"
+        ));
+    }
     let (connected, alive, after, kernel_after);
     if shards == 1 {
-        let held = rt.block_on(open(&target, 0..n, &a));
+        let mut held = Held {
+            streams: Vec::with_capacity(n),
+        };
+        let mut points = before.as_ref().map(|b| vec![(0, b.rss)]);
+        for step in 1..=steps {
+            let range = n * (step - 1) / steps..n * step / steps;
+            held.streams
+                .extend(rt.block_on(open(&target, range, &a)).streams);
+            if step < steps {
+                // As long as the final hold: a server may return transient
+                // (handshake) memory to the OS only a while later.
+                rt.block_on(async { tokio::time::sleep(a.hold).await });
+                if let (Some(points), Some(s)) = (points.as_mut(), common::sample_server(pid)?) {
+                    points.push((held.streams.len() as u64, s.rss));
+                }
+            }
+        }
         connected = held.streams.len() as u64;
         rt.block_on(async { tokio::time::sleep(a.hold).await });
         after = common::sample_server(pid)?;
         kernel_after = kernel_sample();
+        if let (Some(mut points), Some(a)) = (points.filter(|_| steps > 1), after.as_ref()) {
+            points.push((connected, a.rss));
+            if let Some((slope, at0, r2)) = fit_line(&points) {
+                r.rss_slope_bytes_per_conn = Some(slope.round());
+                r.rss_intercept = Some(at0.round());
+                r.rss_fit_r2 = Some(r2);
+            }
+            r.rss_steps = Some(points);
+        }
         alive = rt.block_on(async {
             let alive = held.alive();
             held.close([1, 2, 3, 4]);
@@ -236,6 +267,30 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
         }
     }
     Ok(r)
+}
+
+/// Least-squares line through `points` (x, y): slope, y at x = 0, and R²;
+/// `None` unless the x values differ.
+fn fit_line(points: &[(u64, u64)]) -> Option<(f64, f64, f64)> {
+    let n = points.len() as f64;
+    let mean = |f: &dyn Fn(&(u64, u64)) -> f64| points.iter().map(f).sum::<f64>() / n;
+    let (mx, my) = (mean(&|p| p.0 as f64), mean(&|p| p.1 as f64));
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+    let syy: f64 = points.iter().map(|p| (p.1 as f64 - my).powi(2)).sum();
+    let sxy: f64 = points
+        .iter()
+        .map(|p| (p.0 as f64 - mx) * (p.1 as f64 - my))
+        .sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        sxy * sxy / (sxx * syy)
+    };
+    Some((slope, my - slope * mx, r2))
 }
 
 fn absorb(s: &ShardReport) {
@@ -378,4 +433,19 @@ pub fn worker(a: IdleArgs) -> Result<(), String> {
         held.close([1, 2, 3, 4]);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_line;
+
+    #[test]
+    fn fits_a_line() {
+        let (slope, at0, r2) = fit_line(&[(0, 1000), (10, 1500), (20, 2000)]).unwrap();
+        assert!((slope - 50.0).abs() < 1e-9 && (at0 - 1000.0).abs() < 1e-6);
+        assert!((r2 - 1.0).abs() < 1e-12);
+        let (slope, _, r2) = fit_line(&[(0, 0), (1, 2), (2, 1), (3, 3)]).unwrap();
+        assert!((slope - 0.8).abs() < 1e-9 && r2 < 1.0);
+        assert!(fit_line(&[(5, 1), (5, 2)]).is_none());
+    }
 }

@@ -80,6 +80,13 @@ pub struct RunReport {
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
     pub bytes_per_conn: Option<f64>,
+    /// Idle with `--steps`: (connections open, server RSS) after each step,
+    /// from (0, rss_before), and the least-squares line through them: bytes
+    /// per further connection, the RSS it gives at 0 connections, and R².
+    pub rss_steps: Option<Vec<(u64, u64)>>,
+    pub rss_slope_bytes_per_conn: Option<f64>,
+    pub rss_intercept: Option<f64>,
+    pub rss_fit_r2: Option<f64>,
     /// Idle: kernel slab growth per connection. Both ends of each loopback
     /// connection live in this kernel, so this counts a client and a server
     /// socket; `kernel_slab_top` lists the caches that grew most (bytes per
@@ -173,6 +180,22 @@ impl RunReport {
         }
         if let Some(b) = self.bytes_per_conn {
             row("server RSS / conn", bytes(b));
+        }
+        if let (Some(slope), Some(at0), Some(r2), Some(points)) = (
+            self.rss_slope_bytes_per_conn,
+            self.rss_intercept,
+            self.rss_fit_r2,
+            self.rss_steps.as_ref(),
+        ) {
+            row(
+                "server RSS slope",
+                format!(
+                    "{} / further conn  (line through {} points, R² {r2:.4}; {} at 0 conns)",
+                    bytes(slope),
+                    points.len(),
+                    bytes(at0)
+                ),
+            );
         }
         if let Some(p) = self.server_cpu_pct {
             row("server CPU", format!("{p:.0} % of a core"));
