@@ -13,7 +13,8 @@
 //! CPU time.)
 //!
 //! Falls back to a tokio interval when no timerfd can be created (out of
-//! file descriptors at startup): the ticks matter more than their cost.
+//! file descriptors at startup) or reading it fails: the ticks matter more
+//! than their cost.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -28,9 +29,10 @@ use tokio::io::unix::AsyncFd;
 
 /// Ticks every `period`, the first one period after it is made.
 pub enum Ticker {
-    /// A periodic timerfd watched by tokio's I/O driver.
-    Fd(AsyncFd<OwnedFd>),
-    /// tokio's own interval, when no timerfd could be made.
+    /// A periodic timerfd watched by tokio's I/O driver, and its period.
+    Fd(AsyncFd<OwnedFd>, Duration),
+    /// tokio's own interval, when no timerfd could be made (or reading it
+    /// failed).
     Tokio(tokio::time::Interval),
 }
 
@@ -40,38 +42,50 @@ impl Ticker {
     pub fn new(period: Duration) -> Ticker {
         assert!(!period.is_zero(), "a ticker needs a period");
         match timerfd(period) {
-            Ok(fd) => Ticker::Fd(fd),
+            Ok(fd) => Ticker::Fd(fd, period),
             Err(e) => {
                 tracing::warn!(error = %e, "no timerfd for housekeeping ticks: using tokio's timer");
-                let start = tokio::time::Instant::now() + period;
-                let mut interval = tokio::time::interval_at(start, period);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                Ticker::Tokio(interval)
+                Ticker::tokio(period)
             }
         }
+    }
+
+    fn tokio(period: Duration) -> Ticker {
+        let start = tokio::time::Instant::now() + period;
+        let mut interval = tokio::time::interval_at(start, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker::Tokio(interval)
     }
 
     /// Waits for the next tick. Ticks missed while the worker was busy are
     /// merged into one.
     pub async fn tick(&mut self) {
-        match self {
+        let (fd, period) = match self {
             Ticker::Tokio(interval) => {
                 interval.tick().await;
+                return;
             }
-            Ticker::Fd(fd) => loop {
-                let Ok(mut ready) = fd.readable().await else {
-                    // The driver is shutting down: no more ticks.
-                    return std::future::pending().await;
-                };
-                let mut expirations = [0u8; 8];
-                match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut expirations)?)) {
-                    Ok(Ok(8)) => return,
-                    // A timerfd read is 8 bytes or fails; EAGAIN is the
-                    // `Err` arm (the readiness was stale).
-                    Ok(_) | Err(_) => continue,
-                }
-            },
-        }
+            Ticker::Fd(fd, period) => (fd, *period),
+        };
+        let failure = loop {
+            let Ok(mut ready) = fd.readable().await else {
+                // The runtime is shutting down: no more ticks.
+                return std::future::pending().await;
+            };
+            let mut expirations = [0u8; 8];
+            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut expirations)?)) {
+                Ok(Ok(8)) => return,
+                // EAGAIN: the readiness was stale (`try_io` cleared it).
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A timerfd read is 8 bytes or fails; neither should happen
+                // here, and retrying a persistent failure would spin.
+                Ok(Ok(n)) => break io::Error::other(format!("read {n} bytes")),
+                Ok(Err(e)) => break e,
+            }
+        };
+        tracing::warn!(error = %failure, "housekeeping timerfd failed: using tokio's timer");
+        *self = Ticker::tokio(period);
     }
 }
 
@@ -116,7 +130,7 @@ mod tests {
             let period = Duration::from_millis(20);
             let start = Instant::now();
             let mut ticker = Ticker::new(period);
-            assert!(matches!(ticker, Ticker::Fd(_)));
+            assert!(matches!(ticker, Ticker::Fd(..)));
             for _ in 0..5 {
                 ticker.tick().await;
             }
