@@ -178,25 +178,26 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
         let mut held = Held {
             streams: Vec::with_capacity(n),
         };
-        let mut points = before.as_ref().map(|b| vec![(0, b.rss)]);
+        let mut points = (before.as_ref())
+            .filter(|_| steps > 1)
+            .map(|b| vec![(0, b.rss)]);
         for step in 1..=steps {
             let range = n * (step - 1) / steps..n * step / steps;
             held.streams
                 .extend(rt.block_on(open(&target, range, &a)).streams);
-            if step < steps {
-                // As long as the final hold: a server may return transient
-                // (handshake) memory to the OS only a while later.
-                rt.block_on(async { tokio::time::sleep(a.hold).await });
-                if let (Some(points), Some(s)) = (points.as_mut(), common::sample_server(pid)?) {
-                    points.push((held.streams.len() as u64, s.rss));
-                }
+            // Every step is held as long as the last: a server may return
+            // transient (handshake) memory to the OS only a while later.
+            rt.block_on(async { tokio::time::sleep(a.hold).await });
+            if step < steps
+                && let (Some(points), Some(s)) = (points.as_mut(), common::sample_server(pid)?)
+            {
+                points.push((held.streams.len() as u64, s.rss));
             }
         }
         connected = held.streams.len() as u64;
-        rt.block_on(async { tokio::time::sleep(a.hold).await });
         after = common::sample_server(pid)?;
         kernel_after = kernel_sample();
-        if let (Some(mut points), Some(a)) = (points.filter(|_| steps > 1), after.as_ref()) {
+        if let (Some(mut points), Some(a)) = (points, after.as_ref()) {
             points.push((connected, a.rss));
             if let Some((slope, at0, r2)) = fit_line(&points) {
                 r.rss_slope_bytes_per_conn = Some(slope.round());
