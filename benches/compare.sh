@@ -30,8 +30,8 @@
 # connection at 1,000 connections) and a baseline that touches part of each
 # 8 KiB buffer is charged the whole of it (fastwebsockets: ~9.5 KB per idle
 # connection with THP, ~5.4 KB without). The default, 0, turns THP off in the
-# servers for a fine-grained, reproducible figure; set MIMALLOC_ALLOW_THP=1 to
-# measure with it.
+# servers for a fine-grained, reproducible figure (ringws turns it off itself
+# unless the variable is set); set MIMALLOC_ALLOW_THP=1 to measure with it.
 # EXTERNAL: more servers to put beside these, built however you like, as
 # newline- or ';'-separated NAME=COMMAND entries where COMMAND contains {port}
 # and the server listens on 127.0.0.1:{port} with a WebSocket echo on /ws;

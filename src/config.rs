@@ -23,7 +23,13 @@ pub enum IoMode {
 /// Every option can also be set through the environment variable named in
 /// brackets; a command-line flag wins over the environment.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "ringws", version, about, long_about = None)]
+#[command(
+    name = "ringws",
+    version,
+    about,
+    long_about = None,
+    after_help = "Transparent huge pages are off in this process unless MIMALLOC_ALLOW_THP is set (1: on), so RSS moves in 4 KiB pages, not 2 MiB ones."
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "RINGWS_BIND", default_value = "0.0.0.0")]

@@ -33,7 +33,7 @@ pub mod drain;
 mod http;
 pub mod io;
 mod listener;
-mod memory;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 mod session;

@@ -11,6 +11,21 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns huge pages off ([`ringws::memory::disable_huge_pages`]) while the
+/// loader runs constructors: before Rust's runtime makes its first
+/// allocations, which fault in two 2 MiB pages of mimalloc's arena (4 MiB
+/// of AnonHugePages at the start of `main` when this ran from `main`).
+/// Any `.init_array` entry runs before `main`'s runtime set-up; the order
+/// among entries does not matter, as none of them allocates through Rust.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HUGE_PAGES_OFF: extern "C" fn() = {
+    extern "C" fn off() {
+        ringws::memory::disable_huge_pages();
+    }
+    off
+};
+
 fn main() -> ExitCode {
     let config = ringws::Config::parse();
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|e| {

@@ -1,5 +1,6 @@
-//! The real `ringws` binary: drain on SIGTERM, and startup where seccomp
-//! forbids io_uring (as Docker >= 25 and containerd >= 2.0 do by default).
+//! The real `ringws` binary: drain on SIGTERM, startup where seccomp
+//! forbids io_uring (as Docker >= 25 and containerd >= 2.0 do by default),
+//! and transparent huge pages.
 
 mod common;
 
@@ -129,4 +130,37 @@ async fn auto_serves_on_the_measured_preference_and_says_so() {
     drop(s);
     server.signal(libc::SIGTERM);
     assert!(server.wait(Duration::from_secs(10)).success());
+}
+
+/// The kernel's view of whether this process may get transparent huge pages
+/// (`THP_enabled` in /proc/PID/status, Linux >= 5.0).
+fn thp_enabled(server: &common::process::Ringws) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/PID/status:\n{status}"))
+}
+
+#[tokio::test]
+async fn huge_pages_are_off_unless_mimalloc_is_told_otherwise() {
+    for (allow, expected) in [(None, "0"), (Some("1"), "1"), (Some("0"), "0")] {
+        let launch = Launch::new(&["--io", "epoll"]);
+        let launch = match allow {
+            Some(v) => launch.env("MIMALLOC_ALLOW_THP", v),
+            None => launch,
+        };
+        let mut server = launch.start();
+        assert_eq!(
+            thp_enabled(&server),
+            expected,
+            "MIMALLOC_ALLOW_THP={allow:?}"
+        );
+        let mut s = raw_upgrade(server.addr, &masked(true, 2, b"thp")).await;
+        assert_eq!(read_frame(&mut s).await.payload, b"thp");
+        drop(s);
+        server.signal(libc::SIGTERM);
+        assert!(server.wait(Duration::from_secs(10)).success());
+    }
 }

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to start the binary: always on 127.0.0.1 port 0 with two workers,
-/// stdin and stdout closed, stderr collected, `PORT` removed from the
-/// environment.
+/// stdin and stdout closed, stderr collected, `PORT` and
+/// `MIMALLOC_ALLOW_THP` removed from the environment.
 pub struct Launch<'a> {
     args: &'a [&'a str],
     env: Vec<(&'a str, &'a str)>,
@@ -66,6 +66,7 @@ impl<'a> Launch<'a> {
         }
         cmd.args(self.args)
             .env_remove("PORT")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
