@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::io::Stream;
 use crate::metrics::{self, HandshakeFailure};
@@ -52,7 +52,7 @@ pub async fn serve<S: Stream>(io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> 
     };
     let cfg = &worker.shared.config;
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::HyperTimer)
         .header_read_timeout(cfg.handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
         .without_shutdown();

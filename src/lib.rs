@@ -8,14 +8,15 @@
 //! | [`server`] | backend choice, listeners, worker threads, start and stop |
 //! | `listener` | one SO_REUSEPORT listener per worker |
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
-//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (connections polled from a per-worker epoll instance) |
+//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
 //! | `http` | hyper http1 per connection: routes, probes, metrics, upgrade hand-off |
 //! | [`upgrade`] | handshake validation and the accept key |
 //! | `session` | the echo loop on fastwebsockets; never knows the backend |
 //! | [`utf8`] | incremental UTF-8 validation across fragments |
 //! | [`metrics`] | per-worker counters summed on scrape |
 //! | [`drain`] | drain phases and signals |
-//! | `memory` | returning freed memory to the OS on quiet workers |
+//! | [`timer`] | timers on either backend: the epoll loop's own, or tokio's |
+//! | [`memory`] | huge pages off, and returning freed memory to the OS on quiet workers |
 //!
 //! Start a server in-process (tests do this):
 //!
@@ -39,6 +40,7 @@ pub mod server;
 mod session;
 pub mod standalone;
 mod ticker;
+pub mod timer;
 pub mod upgrade;
 pub mod utf8;
 mod worker;

@@ -470,7 +470,7 @@ async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: Rc<Worker>) {
     };
     let lingering = matches!(end, End::Close(..));
     let timeout = worker.shared.config.close_timeout;
-    let _ = tokio::time::timeout(timeout, async {
+    let _ = crate::timer::timeout(timeout, async {
         if ws.write_frame(frame).await.is_err() || ws.flush().await.is_err() {
             return;
         }

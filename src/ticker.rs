@@ -1,5 +1,9 @@
 //! A periodic tick for a worker's housekeeping, from a timerfd.
 //!
+//! On an epoll worker the loop's own timers ([`crate::timer`]) already fire
+//! from a timerfd of the loop, so the ticker is one of them. On a tokio
+//! runtime (io_uring):
+//!
 //! tokio's timer wheel parks the worker in `epoll_wait` with a timeout
 //! whenever any tokio timer is pending, and a periodic one always is: each
 //! sleep then arms and cancels a kernel hrtimer and reads the clock twice.
@@ -18,7 +22,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -29,6 +33,8 @@ use tokio::io::unix::AsyncFd;
 
 /// Ticks every `period`, the first one period after it is made.
 pub enum Ticker {
+    /// On the epoll loop: the next tick's deadline, and the period.
+    Local(Instant, Duration),
     /// A periodic timerfd watched by tokio's I/O driver, and its period.
     Fd(AsyncFd<OwnedFd>, Duration),
     /// tokio's own interval, when no timerfd could be made (or reading it
@@ -37,10 +43,14 @@ pub enum Ticker {
 }
 
 impl Ticker {
-    /// A ticker with a timerfd if one can be made. Must be called on a tokio
-    /// runtime (with I/O and time enabled); `period` must not be zero.
+    /// A ticker on the epoll loop's timers, or else with a timerfd if one
+    /// can be made (then it must be called on a tokio runtime with I/O and
+    /// time enabled); `period` must not be zero.
     pub fn new(period: Duration) -> Ticker {
         assert!(!period.is_zero(), "a ticker needs a period");
+        if crate::timer::is_local() {
+            return Ticker::Local(Instant::now() + period, period);
+        }
         match timerfd(period) {
             Ok(fd) => Ticker::Fd(fd, period),
             Err(e) => {
@@ -61,6 +71,15 @@ impl Ticker {
     /// merged into one.
     pub async fn tick(&mut self) {
         let (fd, period) = match self {
+            Ticker::Local(next, period) => {
+                crate::timer::sleep_until(*next).await;
+                let now = Instant::now();
+                *next += *period;
+                if *next <= now {
+                    *next = now + *period;
+                }
+                return;
+            }
             Ticker::Tokio(interval) => {
                 interval.tick().await;
                 return;
@@ -112,7 +131,6 @@ fn timerfd(period: Duration) -> io::Result<AsyncFd<OwnedFd>> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use super::*;
 

@@ -132,7 +132,14 @@ pub(crate) fn run(
             sessions: Default::default(),
             buffers: Default::default(),
         });
-        let accept = tokio::task::spawn_local(io::accept_loop(runtime, listener, worker.clone()));
+        // The accept loop ends only on a setup error, which ends the worker.
+        let (failed, accept) = tokio::sync::oneshot::channel();
+        let accepting = io::accept_loop(runtime, listener, worker.clone());
+        runtime.spawn(async move {
+            if let Err(e) = accepting.await {
+                let _ = failed.send(e);
+            }
+        });
         let mut jobs: Vec<Job> = Vec::new();
         for (period, tick) in [
             (shared.config.idle_timeout, Tick::IDLE),
@@ -156,20 +163,17 @@ pub(crate) fn run(
                 crate::memory::collect();
             }),
         ));
-        tokio::task::spawn_local(housekeeping(jobs));
+        runtime.spawn(housekeeping(jobs));
         tokio::select! {
             () = shared.drain.started() => {}
-            res = accept => {
-                // The accept loop only ends on a setup error.
-                return res.map_err(std::io::Error::other).and_then(|r| r);
-            }
+            Ok(e) = accept => return Err(e),
         }
         let open = worker.sessions.open();
         tracing::debug!(worker = id, open, "draining");
         let timeout = shared.config.drain_timeout;
-        if tokio::time::timeout(timeout, worker.sessions.close_all())
+        if crate::timer::timeout(timeout, worker.sessions.close_all())
             .await
-            .is_err()
+            .is_none()
         {
             tracing::warn!(
                 worker = id,

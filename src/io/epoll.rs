@@ -1,45 +1,35 @@
-//! The epoll backend: each worker's connections are polled straight from the
-//! readiness events of an epoll instance of their own.
+//! The epoll backend: each worker is one event loop of its own, the
+//! [`Reactor`], blocking in one `epoll_wait` on one epoll instance.
 //!
-//! The worker still runs a tokio current-thread runtime (with a `LocalSet`)
-//! for everything that is not a connection's socket: the accept loop,
-//! timers (hyper's handshake timeout, the session's close timeout, the idle
-//! and write-stall ticks), signals and drain. Connections do not go through
-//! tokio's I/O driver and task scheduler, which cost about 40 % of the
-//! user-space instructions of a small echo (callgrind, 100 × 20 B: 1,770
-//! instructions per message through tokio's `TcpStream` and a task per
-//! connection, 1,044 this way; and 640 of the 833 bytes of an idle
-//! connection). Instead:
+//! No tokio runtime runs on an epoll worker. Its tasks (every connection,
+//! the accept loop, housekeeping, and the worker's main future) are polled
+//! by the reactor from a slab:
 //!
-//! - every accepted socket is added, edge-triggered, to the worker's own
-//!   epoll instance ([`Reactor`]), which is itself registered with tokio's
-//!   driver: when any socket is ready, tokio wakes one task, the reactor;
-//! - the reactor reads the ready events (without blocking), records each
-//!   socket's readiness in its [`Conn`] and polls the connection's future
-//!   (HTTP phase, then the session) directly, from a slab indexed by the
-//!   event's key;
+//! - every accepted socket joins the instance, edge-triggered, under its
+//!   task's key; an event records the socket's readiness in its [`Conn`] and
+//!   queues the task;
 //! - a connection's [`EpollStream`] reads and writes with plain system calls
 //!   while its socket is marked ready and clears the mark on `EAGAIN`; it
-//!   registers no waker, since the next edge on its socket polls its future
-//!   anyway;
-//! - anything else that wakes a connection (a timer, the worker's session
-//!   table for drain and idle ticks, the session yielding after its frame
-//!   budget) goes through the connection's [`Waker`], which queues its key
-//!   for the reactor and wakes the reactor's task.
+//!   registers no waker, since the socket's next edge polls its task anyway;
+//! - anything else that wakes a task (a timer, the worker's session table
+//!   for drain and idle ticks, a session yielding after its frame budget)
+//!   goes through the task's [`Waker`], which queues its key; a wake from
+//!   another thread (drain, from the signal thread) also writes an eventfd
+//!   in the instance, if the loop sleeps;
+//! - timers ([`crate::timer`]: hyper's handshake timeout, close and drain
+//!   timeouts, accept back-off, housekeeping) are kept by deadline and
+//!   fire from a timerfd in the instance, armed for the earliest.
 //!
-//! The reactor's task polls at most [`EVENTS_PER_POLL`] events' worth of
-//! connections before it yields to the other tasks of the worker. Within
-//! that budget, while events pile up (a wake-up found more than one), it
-//! reads its instance again after each batch, and goes back to tokio's
-//! driver only when the instance has nothing left: under load the worker
-//! makes one `epoll_wait` per batch (the reactor's) rather than two (tokio's,
-//! which reports the reactor's instance after polling every ready socket in
-//! it once more, then the reactor's own). Once such a read finds nothing, the
-//! worker is keeping up, and until a wake-up finds more than one event again
-//! it leaves reporting to tokio's driver rather than make an empty read after
-//! each batch: in open loop at 10 k messages/s that is two `epoll_wait`s per
-//! message instead of three, 6–8 % less server CPU per message at 10 k and
-//! 70 k messages/s, and no change in closed loop.
+//! So a wake-up costs one `epoll_wait`, which returns up to
+//! [`EVENTS_PER_POLL`] events, and a loop with nothing to do blocks without
+//! a timeout. (Until 2026-12 the reactor's instance was itself registered
+//! with a tokio current-thread runtime's driver: every wake-up was tokio's
+//! `epoll_wait` reporting the reactor's instance, then the reactor's own.)
+//! Connections never went through tokio's I/O driver and task scheduler,
+//! which cost about 40 % of the user-space instructions of a small echo
+//! (callgrind, 100 × 20 B: 1,770 instructions per message through tokio's
+//! `TcpStream` and a task per connection, 1,044 this way; and 640 of the 833
+//! bytes of an idle connection).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -47,61 +37,71 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
 
 use rustix::event::epoll;
 use slab::Slab;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{Interest, ReadBuf};
+use tokio::io::ReadBuf;
 
 use super::Handler;
+use crate::timer::Timers;
 
-/// A new current-thread tokio runtime with a `LocalSet` to run `!Send` tasks.
-pub fn runtime() -> io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok((rt, tokio::task::LocalSet::new()))
-}
-
-/// Accepts on `listener` forever and runs each connection on this worker's
-/// [`Reactor`]. Accepted sockets go straight to the reactor's epoll instance
-/// (`accept4` and one `setsockopt`, as a tokio `TcpStream` would cost, without
-/// registering them with tokio's driver first).
-pub async fn accept_loop<H: Handler>(
+/// Accepts on `listener` forever and runs each connection on `reactor`.
+/// Accepted sockets go straight to the reactor's epoll instance (`accept4`
+/// and one `setsockopt`, as a tokio `TcpStream` would cost, without
+/// registering them with tokio's driver first). Ends only if the listener
+/// cannot join the instance.
+pub async fn accept_loop<H: Handler + 'static>(
     listener: std::net::TcpListener,
     reactor: Rc<Reactor>,
     handler: H,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let listener: OwnedFd = listener.into();
-    // SAFETY: the `OwnedFd` stays open and is the same descriptor for as long
-    // as the `AsyncFd` owns it; nothing else closes it.
-    let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
-        .map_err(io::Error::from)?;
+    let (joined, failed) = tokio::sync::oneshot::channel::<()>();
+    // The accept task holds the reactor weakly: the reactor owns the task.
+    let weak = Rc::downgrade(&reactor);
+    reactor.add_socket(listener.into(), move |listener| async move {
+        let _joined = joined;
+        accept(listener, weak, handler).await
+    });
+    // The task drops `joined` only if the listener could not join the
+    // instance (it never ends otherwise).
+    let _ = failed.await;
+    Err(io::Error::other(
+        "the listener could not join the worker's epoll instance",
+    ))
+}
+
+async fn accept<H: Handler>(listener: Rc<Conn>, reactor: Weak<Reactor>, handler: H) {
+    let mut accepted = 0;
     loop {
-        let mut ready = listener.readable().await?;
-        let accepted = ready.try_io(|listener| {
-            use rustix::net::SocketFlags as F;
-            Ok(rustix::net::accept_with(
-                listener.get_ref(),
-                F::NONBLOCK | F::CLOEXEC,
-            )?)
-        });
-        match accepted {
-            Ok(Ok(socket)) => {
-                let _ = rustix::net::sockopt::set_tcp_nodelay(&socket, true);
-                if let Err(e) = reactor.add(socket, |io| handler.connection(io)) {
-                    // The socket is closed; the loop goes on.
-                    super::accept_failed(e).await;
-                }
+        let res = std::future::poll_fn(|cx| {
+            if accepted == ACCEPTS_PER_POLL {
+                // Let the connections run; come back at once.
+                accepted = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-            Ok(Err(e)) => super::accept_failed(e).await,
-            // Nothing to accept: wait for the next edge.
-            Err(_would_block) => {}
+            use rustix::net::SocketFlags as F;
+            listener.poll_io(READABLE, 0, |fd| {
+                rustix::net::accept_with(fd, F::NONBLOCK | F::CLOEXEC)
+            })
+        })
+        .await;
+        accepted += 1;
+        match res {
+            Ok(socket) => {
+                let _ = rustix::net::sockopt::set_tcp_nodelay(&socket, true);
+                let Some(reactor) = reactor.upgrade() else {
+                    return;
+                };
+                reactor.add(socket, |io| handler.connection(io));
+            }
+            Err(e) => super::accept_failed(e).await,
         }
     }
 }
@@ -111,8 +111,8 @@ pub fn instance() -> io::Result<OwnedFd> {
     Ok(epoll::create(epoll::CreateFlags::CLOEXEC)?)
 }
 
-/// Most events read and connections polled per poll of the reactor's task
-/// before it lets the worker's other tasks run.
+/// Most events read per `epoll_wait`, and most woken tasks queued per
+/// round of the loop.
 pub const EVENTS_PER_POLL: usize = 256;
 
 /// Readiness bits of a [`Conn`]. `READABLE` and `WRITABLE` are cleared when
@@ -139,7 +139,7 @@ pub struct EpollStream {
     conn: Rc<Conn>,
 }
 
-impl EpollStream {
+impl Conn {
     /// Runs `op` while the socket is marked ready (`bit`) or closed
     /// (`closed`), clearing `bit` when it finds the socket not ready.
     fn poll_io<T>(
@@ -148,18 +148,28 @@ impl EpollStream {
         closed: u8,
         mut op: impl FnMut(&OwnedFd) -> rustix::io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        let conn = &*self.conn;
-        while conn.ready.get() & (bit | closed) != 0 {
-            match op(&conn.socket) {
+        while self.ready.get() & (bit | closed) != 0 {
+            match op(&self.socket) {
                 Ok(n) => return Poll::Ready(Ok(n)),
-                Err(rustix::io::Errno::AGAIN) => conn.ready.set(conn.ready.get() & !bit),
+                Err(rustix::io::Errno::AGAIN) => self.ready.set(self.ready.get() & !bit),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
-        // The socket's next edge polls this connection again: no waker to
+        // The socket's next edge polls this task again: no waker to
         // register.
         Poll::Pending
+    }
+}
+
+impl EpollStream {
+    fn poll_io<T>(
+        &self,
+        bit: u8,
+        closed: u8,
+        op: impl FnMut(&OwnedFd) -> rustix::io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.conn.poll_io(bit, closed, op)
     }
 }
 
@@ -231,72 +241,91 @@ impl tokio::io::AsyncWrite for EpollStream {
     }
 }
 
-/// One connection on the reactor: its future and what wakes it.
+/// A task on the reactor: a connection (with its socket) or a worker's
+/// own task (accept loop, housekeeping), and what wakes it.
 struct Slot {
     future: Pin<Box<dyn Future<Output = ()>>>,
-    conn: Rc<Conn>,
+    /// The socket whose events poll this task, if any.
+    conn: Option<Rc<Conn>>,
     waker: Waker,
     /// In the run queue already.
     queued: bool,
 }
 
-/// Keys of connections woken through their [`Waker`] (possibly from
-/// another thread), and the waker of the reactor's task.
-#[derive(Default)]
+/// A task made while the slab was in use, inserted after the batch.
+struct Incoming {
+    future: Pin<Box<dyn Future<Output = ()>>>,
+    conn: Option<Rc<Conn>>,
+}
+
+/// Keys of tasks woken through their [`Waker`] (possibly from another
+/// thread), and how to wake the loop if it sleeps.
 struct Inbox {
     keys: Mutex<Vec<usize>>,
     /// `keys` is not empty (set and cleared under its lock), so that the
-    /// reactor need not lock it to find out.
+    /// loop need not lock it to find out.
     pending: AtomicBool,
-    reactor: Mutex<Option<Waker>>,
+    /// The loop is in (or about to enter) a blocking `epoll_wait`: a wake
+    /// must write `eventfd`. Only ever true while no task runs, so a task
+    /// waking another on the worker's own thread makes no system call.
+    sleeping: AtomicBool,
+    /// In the reactor's epoll instance under [`WAKE_KEY`].
+    eventfd: OwnedFd,
 }
 
 impl Inbox {
     fn has_keys(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
+        self.pending.load(Ordering::SeqCst)
     }
 
-    /// Records the waker of the reactor's task (when it changed).
-    fn set_reactor(&self, current: &Waker) {
-        let mut waker = self.reactor.lock().expect("inbox lock");
-        if !waker.as_ref().is_some_and(|w| w.will_wake(current)) {
-            *waker = Some(current.clone());
+    fn wake(&self, key: usize) {
+        {
+            let mut keys = self.keys.lock().expect("inbox lock");
+            keys.push(key);
+            self.pending.store(true, Ordering::SeqCst);
         }
-    }
-
-    fn wake_reactor(&self) {
-        if let Some(waker) = self.reactor.lock().expect("inbox lock").as_ref() {
-            waker.wake_by_ref();
+        // Paired with the loop's store of `sleeping` before it checks
+        // `pending` (both SeqCst): either it sees this key, or this sees it
+        // sleeping and interrupts the wait.
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
         }
     }
 }
 
-/// The waker of the connection at `key`.
-struct ConnWaker {
+/// The waker of the task at `key` (or of the loop's main future, [`MAIN`]).
+struct TaskWaker {
     key: usize,
     inbox: Arc<Inbox>,
 }
 
-impl Wake for ConnWaker {
+impl Wake for TaskWaker {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        self.inbox.wake(self.key);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        {
-            let mut keys = self.inbox.keys.lock().expect("inbox lock");
-            keys.push(self.key);
-            self.inbox.pending.store(true, Ordering::Release);
-        }
-        self.inbox.wake_reactor();
+        self.inbox.wake(self.key);
     }
 }
 
-/// A worker's connections, polled from their sockets' epoll events.
+/// Key of the main future of [`Reactor::block_on`] in the inbox.
+const MAIN: usize = usize::MAX;
+/// epoll data of the inbox's eventfd.
+const WAKE_KEY: u64 = u64::MAX;
+/// epoll data of the timers' timerfd.
+const TIMER_KEY: u64 = u64::MAX - 1;
+/// Accepts made in one poll of the accept loop before it lets other tasks
+/// run.
+const ACCEPTS_PER_POLL: usize = 64;
+
+/// A worker's event loop: its tasks, polled from their sockets' epoll
+/// events, their wakers and its timers, all from one epoll instance.
 pub struct Reactor {
-    /// The worker's epoll instance, registered with tokio's driver.
-    epoll: AsyncFd<OwnedFd>,
+    epoll: OwnedFd,
     slots: RefCell<Slab<Slot>>,
+    /// Tasks made while `slots` was borrowed.
+    incoming: RefCell<Vec<Incoming>>,
     /// Where `epoll_wait` puts events (allocated once).
     events: RefCell<Vec<epoll::Event>>,
     /// Keys to poll.
@@ -304,199 +333,270 @@ pub struct Reactor {
     /// The keys being polled (`run`'s previous contents).
     batch: RefCell<Vec<usize>>,
     inbox: Arc<Inbox>,
-    /// Read the instance again after each batch (see [`Reactor::poll`]).
-    reread: Cell<bool>,
+    timers: Rc<Timers>,
+    /// In the epoll instance under [`TIMER_KEY`]; armed for `armed`.
+    timerfd: OwnedFd,
+    armed: Cell<Option<Instant>>,
 }
 
 impl Reactor {
-    /// A reactor on `epoll_fd`, an epoll instance from [`instance`] (must
-    /// run inside the worker's tokio runtime).
+    /// A reactor on `epoll_fd`, an epoll instance from [`instance`]; makes
+    /// its eventfd and timerfd.
     pub fn new(epoll_fd: OwnedFd) -> io::Result<Rc<Reactor>> {
-        // SAFETY: the `OwnedFd` stays open and is the same descriptor for as
-        // long as the `AsyncFd` owns it; nothing else closes it.
-        let epoll = unsafe { AsyncFd::register_with_interest(epoll_fd, Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        use rustix::event::{EventfdFlags, eventfd};
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        let wake = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        let timerfd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        use epoll::EventFlags as E;
+        for (fd, key) in [(&wake, WAKE_KEY), (&timerfd, TIMER_KEY)] {
+            epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(key), E::IN | E::ET)?;
+        }
         Ok(Rc::new(Reactor {
-            epoll,
+            epoll: epoll_fd,
             slots: RefCell::default(),
+            incoming: RefCell::default(),
             events: RefCell::new(Vec::with_capacity(EVENTS_PER_POLL)),
             run: RefCell::default(),
             batch: RefCell::default(),
-            inbox: Arc::default(),
-            reread: Cell::new(true),
+            inbox: Arc::new(Inbox {
+                keys: Mutex::default(),
+                pending: AtomicBool::new(false),
+                sleeping: AtomicBool::new(false),
+                eventfd: wake,
+            }),
+            timers: Rc::default(),
+            timerfd,
+            armed: Cell::new(None),
         }))
     }
 
-    /// Adds a connection: `socket` is registered for edge-triggered
-    /// readiness and `make`'s future is polled from then on until it ends,
-    /// when the socket closes.
+    /// Adds a connection: `make`'s future is polled whenever `socket` has an
+    /// edge (registered for readiness, edge-triggered) or its waker is
+    /// woken, until it ends, when the socket closes.
     pub fn add<F: Future<Output = ()> + 'static>(
         &self,
         socket: OwnedFd,
         make: impl FnOnce(EpollStream) -> F,
-    ) -> io::Result<()> {
-        let mut slots = self.slots.borrow_mut();
-        let entry = slots.vacant_entry();
-        let key = entry.key();
-        use epoll::EventFlags as E;
-        epoll::add(
-            self.epoll.get_ref(),
-            &socket,
-            epoll::EventData::new_u64(key as u64),
-            E::IN | E::OUT | E::RDHUP | E::ET,
-        )?;
+    ) {
+        self.add_socket(socket, |conn| make(EpollStream { conn }));
+    }
+
+    /// Adds a task polled on `socket`'s edges (and its waker), with the
+    /// socket's readiness.
+    fn add_socket<F: Future<Output = ()> + 'static>(
+        &self,
+        socket: OwnedFd,
+        make: impl FnOnce(Rc<Conn>) -> F,
+    ) {
         // Writable until a write says otherwise; readable once an event says
         // so (the HTTP phase's first read would only find `EAGAIN`).
         let conn = Rc::new(Conn {
             socket,
             ready: Cell::new(WRITABLE),
         });
-        let waker = Waker::from(Arc::new(ConnWaker {
-            key,
-            inbox: self.inbox.clone(),
-        }));
-        let future = Box::pin(make(EpollStream { conn: conn.clone() }));
-        entry.insert(Slot {
+        let future = Box::pin(make(conn.clone()));
+        self.incoming.borrow_mut().push(Incoming {
             future,
-            conn,
-            waker,
-            queued: false,
+            conn: Some(conn),
         });
-        Ok(())
     }
 
-    /// The reactor's task: runs for as long as the worker does (spawned on
-    /// the worker's `LocalSet` with the runtime).
-    pub async fn run(self: Rc<Self>) {
-        std::future::poll_fn(|cx| self.poll(cx)).await
+    /// Runs `future` on this reactor until it ends (polled once soon, then
+    /// whenever its waker is woken).
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
+        self.incoming.borrow_mut().push(Incoming {
+            future: Box::pin(future),
+            conn: None,
+        });
     }
 
-    /// One poll of the reactor's task: until a poll's worth of work is
-    /// done, queue what woke, read the ready events without blocking and
-    /// poll the queued connections; when nothing is left, arm tokio's
-    /// driver for the instance's next event and sleep.
-    ///
-    /// While `reread` is set, the instance is read again after each batch,
-    /// not only when tokio's driver reports it readable (see the module
-    /// documentation for when it is set and cleared, and what it saves).
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.inbox.set_reactor(cx.waker());
-        let mut budget = EVENTS_PER_POLL;
-        // The read about to be made comes right after a batch (not after a
-        // wake-up from tokio's driver).
-        let mut after_batch = false;
-        loop {
-            self.take_woken();
-            let read = self.read_events();
-            if self.run.borrow().is_empty() {
-                if after_batch {
-                    // The worker is keeping up: until a wake-up finds more
-                    // than one event, leave it to tokio's driver to report
-                    // events rather than read again after each batch.
-                    self.reread.set(false);
-                }
-                if read == Read::Full || self.inbox.has_keys() || self.armed_is_stale(cx) {
-                    budget = budget.saturating_sub(1);
-                    if budget > 0 {
-                        continue;
-                    }
-                    cx.waker().wake_by_ref();
-                }
-                return Poll::Pending;
-            }
-            if !after_batch && matches!(read, Read::Full | Read::Partial(2..)) {
-                // Events piled up while the worker slept or worked: read
-                // again after each batch for as long as that finds more.
-                self.reread.set(true);
-            }
-            let polled = self.poll_connections();
-            budget = budget.saturating_sub(polled.max(1));
-            if budget == 0 {
-                // Let the worker's other tasks (accept, timers) run, and
-                // come back at once.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            after_batch = true;
-            if !self.reread.get() && !self.inbox.has_keys() && !self.armed_is_stale(cx) {
-                return Poll::Pending;
-            }
-        }
-    }
-
-    /// Queues the connections woken through their wakers (at most a poll's
-    /// worth; the rest stay in the inbox for the next round).
-    fn take_woken(&self) {
-        if !self.inbox.has_keys() {
+    /// Inserts the tasks made since the last call: a connection's socket
+    /// joins the epoll instance (its first edge polls it), any other task is
+    /// queued to run.
+    fn insert_incoming(&self) {
+        let mut incoming = self.incoming.borrow_mut();
+        if incoming.is_empty() {
             return;
         }
+        let mut slots = self.slots.borrow_mut();
+        let mut run = self.run.borrow_mut();
+        for Incoming { future, conn } in incoming.drain(..) {
+            let entry = slots.vacant_entry();
+            let key = entry.key();
+            if let Some(conn) = &conn {
+                use epoll::EventFlags as E;
+                let data = epoll::EventData::new_u64(key as u64);
+                let flags = E::IN | E::OUT | E::RDHUP | E::ET;
+                if let Err(e) = epoll::add(&self.epoll, &conn.socket, data, flags) {
+                    // Out of memory for the registration: the connection is
+                    // closed (its future dropped unpolled).
+                    tracing::warn!(error = %e, "epoll_ctl failed: connection closed");
+                    continue;
+                }
+            } else {
+                run.push(key);
+            }
+            let waker = Waker::from(Arc::new(TaskWaker {
+                key,
+                inbox: self.inbox.clone(),
+            }));
+            entry.insert(Slot {
+                future,
+                queued: conn.is_none(),
+                conn,
+                waker,
+            });
+        }
+    }
+
+    /// Runs `main` to completion on this thread, with every task of the
+    /// reactor: the worker's whole life. The thread blocks only in
+    /// `epoll_wait` on the reactor's instance, with no timeout: a socket's
+    /// edge, a wake from another thread (the eventfd) or the next timer (the
+    /// timerfd, armed for the earliest of [`crate::timer`]'s deadlines)
+    /// ends it.
+    pub fn block_on<F: Future>(&self, main: F) -> F::Output {
+        let _timers = self.timers.enter();
+        let mut main = std::pin::pin!(main);
+        let main_waker = Waker::from(Arc::new(TaskWaker {
+            key: MAIN,
+            inbox: self.inbox.clone(),
+        }));
+        let mut main_woken = true;
+        loop {
+            if main_woken {
+                main_woken = false;
+                if let Poll::Ready(out) = main.as_mut().poll(&mut Context::from_waker(&main_waker))
+                {
+                    return out;
+                }
+            }
+            self.insert_incoming();
+            main_woken |= self.take_woken();
+            // Block only with nothing to run; otherwise only look for events.
+            let block = !main_woken && self.run.borrow().is_empty() && !self.arm_timer();
+            main_woken |= self.wait(block);
+            self.poll_tasks();
+        }
+    }
+
+    /// Queues the tasks woken through their wakers (at most a batch's worth;
+    /// the rest stay in the inbox for the next round). True if the main
+    /// future was woken.
+    fn take_woken(&self) -> bool {
+        if !self.inbox.has_keys() {
+            return false;
+        }
+        let mut main = false;
         let mut keys = self.inbox.keys.lock().expect("inbox lock");
         let mut slots = self.slots.borrow_mut();
         let mut run = self.run.borrow_mut();
         let take = keys.len().min(EVENTS_PER_POLL);
         for key in keys.drain(..take) {
-            queue(&mut slots, &mut run, key, 0);
+            if key == MAIN {
+                main = true;
+            } else {
+                queue(&mut slots, &mut run, key, 0);
+            }
         }
-        self.inbox
-            .pending
-            .store(!keys.is_empty(), Ordering::Release);
+        self.inbox.pending.store(!keys.is_empty(), Ordering::SeqCst);
+        main
     }
 
-    /// Reads the instance's ready events without blocking and queues their
-    /// connections.
-    fn read_events(&self) -> Read {
+    /// Arms the timerfd for the earliest timer, unless it already is; fires
+    /// the timers already due instead (true: something may have woken).
+    fn arm_timer(&self) -> bool {
+        let Some(next) = self.timers.next_deadline() else {
+            return false;
+        };
+        if self.armed.get() == Some(next) {
+            return false;
+        }
+        let now = Instant::now();
+        if next <= now {
+            self.timers.fire(now);
+            return true;
+        }
+        let left = next - now;
+        let spec = rustix::time::Itimerspec {
+            it_interval: rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: rustix::time::Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: left.subsec_nanos().into(),
+            },
+        };
+        let flags = rustix::time::TimerfdTimerFlags::empty();
+        match rustix::time::timerfd_settime(&self.timerfd, flags, &spec) {
+            Ok(_) => self.armed.set(Some(next)),
+            // Cannot happen with a valid timerfd and value; without it timers
+            // would only fire with the next event, so say so.
+            Err(e) => tracing::error!(error = %e, "timerfd_settime failed"),
+        }
+        false
+    }
+
+    /// Reads the instance's events (waiting for one if `block`) and queues
+    /// their tasks; fires due timers. True if the main future was woken.
+    fn wait(&self, block: bool) -> bool {
         let zero = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        let mut timeout = None;
+        if block {
+            self.inbox.sleeping.store(true, Ordering::SeqCst);
+            if self.inbox.has_keys() {
+                timeout = Some(&zero);
+            }
+        } else {
+            timeout = Some(&zero);
+        }
         let mut events = self.events.borrow_mut();
         events.clear();
         let spare = rustix::buffer::spare_capacity(&mut *events);
-        match epoll::wait(self.epoll.get_ref(), spare, Some(&zero)) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Read::Full,
-            // An error on an epoll descriptor we own cannot be acted upon;
-            // tokio's driver reports the instance again if it has events.
+        let res = epoll::wait(&self.epoll, spare, timeout);
+        self.inbox.sleeping.store(false, Ordering::Relaxed);
+        match res {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            // An error on an epoll descriptor we own cannot be acted upon.
             Err(e) => {
                 tracing::error!(error = %e, "epoll_wait failed");
-                return Read::Partial(0);
+                return false;
             }
         }
-        self.queue_events(&events);
-        if events.len() == events.capacity() {
-            Read::Full
-        } else {
-            Read::Partial(events.len())
+        if self.queue_events(&events) {
+            self.armed.set(None);
+            let mut expirations = [0u8; 8];
+            let _ = rustix::io::read(&self.timerfd, &mut expirations);
+            self.timers.fire(Instant::now());
         }
+        self.take_woken()
     }
 
-    /// Arms tokio's driver to wake the reactor's task at the instance's next
-    /// event. True if an event came since the instance was last read (read
-    /// it again before sleeping).
-    fn armed_is_stale(&self, cx: &mut Context<'_>) -> bool {
-        match self.epoll.poll_read_ready(cx) {
-            // Registered for the next edge.
-            Poll::Pending => false,
-            Poll::Ready(Ok(mut guard)) => {
-                // The readiness tokio recorded was read above; clearing it
-                // and polling again registers this task for the next edge,
-                // or reports one that came meanwhile.
-                guard.clear_ready();
-                self.epoll.poll_read_ready(cx).is_ready()
-            }
-            Poll::Ready(Err(e)) => {
-                tracing::error!(error = %e, "epoll instance failed");
-                false
-            }
-        }
-    }
-
-    /// Marks the connections of `events` ready and queues them.
-    fn queue_events(&self, events: &[epoll::Event]) {
+    /// Marks the connections of `events` ready and queues them; drains the
+    /// eventfd. True if the timerfd expired.
+    fn queue_events(&self, events: &[epoll::Event]) -> bool {
         let mut slots = self.slots.borrow_mut();
         let mut run = self.run.borrow_mut();
+        let mut timer = false;
         use epoll::EventFlags as E;
         for event in events {
+            let key = event.data.u64();
+            if key == WAKE_KEY {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(&self.inbox.eventfd, &mut count);
+                continue;
+            }
+            if key == TIMER_KEY {
+                timer = true;
+                continue;
+            }
             let flags = event.flags;
             let mut bits = 0;
             if flags.contains(E::IN) {
@@ -513,28 +613,27 @@ impl Reactor {
             }
             // A key may be stale (its connection ended and the key went to
             // a new one): marking the new one ready costs it one `EAGAIN`.
-            queue(&mut slots, &mut run, event.data.u64() as usize, bits);
+            queue(&mut slots, &mut run, key as usize, bits);
         }
+        timer
     }
 
-    /// Polls the queued connections once each; returns how many.
-    fn poll_connections(&self) -> usize {
+    /// Polls the queued tasks once each.
+    fn poll_tasks(&self) {
         // Two queues swapped, so that neither is reallocated.
         let mut batch = self.batch.borrow_mut();
         std::mem::swap(&mut *batch, &mut *self.run.borrow_mut());
-        let count = batch.len();
-        // Held while connections are polled: a connection's poll never
-        // reaches the slab (it reads and writes its socket through its own
-        // `Conn`, and its waker only touches the inbox), and connections are
-        // added only by the accept loop, another task.
+        // Held while tasks are polled: a task's poll never reaches the slab
+        // (a connection reads and writes its socket through its own `Conn`,
+        // a waker only touches the inbox, and new tasks wait in `incoming`).
         let mut slots = self.slots.borrow_mut();
         for key in batch.drain(..) {
             let Some(slot) = slots.get_mut(key) else {
                 continue;
             };
             slot.queued = false;
-            // A panic ends this connection only, as it would end only its
-            // task if each connection were a tokio task.
+            // A panic ends this task only, as it would end only its task if
+            // each connection were a tokio task.
             let future = &mut slot.future;
             let waker = &slot.waker;
             let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -543,35 +642,67 @@ impl Reactor {
             let done = match polled {
                 Ok(poll) => poll.is_ready(),
                 Err(_) => {
-                    tracing::error!("a connection panicked; it is closed");
+                    tracing::error!("a task panicked; it is dropped");
                     true
                 }
             };
             if done {
-                // Closes the socket, which leaves the epoll instance.
+                // Closes a connection's socket, which leaves the instance.
                 drop(slots.remove(key));
             }
         }
-        count
     }
-}
-
-/// What [`Reactor::read_events`] found.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// Fewer events than fit (this many): the instance had no more.
-    Partial(usize),
-    /// The buffer filled (or the call was interrupted): there may be more.
-    Full,
 }
 
 /// Marks connection `key` ready for `bits` and queues it once.
 fn queue(slots: &mut Slab<Slot>, run: &mut Vec<usize>, key: usize, bits: u8) {
     if let Some(slot) = slots.get_mut(key) {
-        slot.conn.ready.set(slot.conn.ready.get() | bits);
+        if let Some(conn) = &slot.conn {
+            conn.ready.set(conn.ready.get() | bits);
+        }
         if !slot.queued {
             slot.queued = true;
             run.push(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn another_thread_wakes_the_sleeping_loop() {
+        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(7).unwrap();
+        });
+        // The loop blocks with no timer pending: only the eventfd wakes it.
+        assert_eq!(reactor.block_on(rx).unwrap(), 7);
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn timers_and_spawned_tasks_run_on_the_loop() {
+        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let start = Instant::now();
+        reactor.block_on(async {
+            for (name, ms) in [("b", 40), ("a", 20)] {
+                let order = order.clone();
+                reactor.spawn(async move {
+                    crate::timer::sleep(Duration::from_millis(ms)).await;
+                    order.borrow_mut().push(name);
+                });
+            }
+            crate::timer::sleep(Duration::from_millis(60)).await;
+        });
+        assert_eq!(*order.borrow(), ["a", "b"]);
+        assert!(start.elapsed() >= Duration::from_millis(60));
+        assert!(reactor.timers.is_empty());
     }
 }

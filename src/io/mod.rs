@@ -18,8 +18,9 @@ pub mod uring;
 pub enum Backend {
     /// tokio-uring: completion-based io_uring, one ring per worker.
     Uring,
-    /// Readiness-based epoll: connections polled straight from a per-worker
-    /// epoll instance, on a tokio current-thread runtime for the rest.
+    /// Readiness-based epoll: each worker is an event loop of its own on its
+    /// own epoll instance (connections, accept, timers and wakes; no tokio
+    /// runtime).
     Epoll,
 }
 
@@ -107,15 +108,8 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
 pub enum Runtime {
     /// tokio-uring's runtime (a tokio current-thread runtime with a ring).
     Uring(tokio_uring::Runtime),
-    /// A tokio current-thread runtime with a `LocalSet`, and the worker's
-    /// reactor (its epoll instance created and its task spawned with the
-    /// runtime, so that a worker short of file descriptors fails before any
-    /// worker accepts).
-    Epoll(
-        tokio::runtime::Runtime,
-        tokio::task::LocalSet,
-        std::rc::Rc<epoll::Reactor>,
-    ),
+    /// The worker's own event loop on its epoll instance (no tokio runtime).
+    Epoll(std::rc::Rc<epoll::Reactor>),
 }
 
 impl Runtime {
@@ -123,26 +117,26 @@ impl Runtime {
     pub fn new(choice: &Choice) -> io::Result<Runtime> {
         Ok(match (choice.backend, &choice.uring) {
             (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
-            _ => {
-                let (rt, local) = epoll::runtime()?;
-                let reactor = {
-                    // Registering the instance with tokio's driver needs the
-                    // runtime's context.
-                    let _context = rt.enter();
-                    epoll::Reactor::new(epoll::instance()?)?
-                };
-                local.spawn_local(reactor.clone().run());
-                Runtime::Epoll(rt, local, reactor)
-            }
+            _ => Runtime::Epoll(epoll::Reactor::new(epoll::instance()?)?),
         })
     }
 
-    /// Runs `f` to completion on this thread. Inside, `spawn_local`,
-    /// `tokio::time` and `tokio::sync` work on both backends.
+    /// Runs `f` to completion on this thread, with the tasks spawned on it.
+    /// Inside, [`Runtime::spawn`], [`crate::timer`] and `tokio::sync` work
+    /// on both backends (`tokio::time` and tokio's I/O only on io_uring).
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         match self {
             Runtime::Uring(rt) => rt.block_on(f),
-            Runtime::Epoll(rt, local, _) => local.block_on(rt, f),
+            Runtime::Epoll(reactor) => reactor.block_on(f),
+        }
+    }
+
+    /// Runs `f` on this worker until it ends, beside the future given to
+    /// [`Runtime::block_on`] (called from within it).
+    pub fn spawn(&self, f: impl Future<Output = ()> + 'static) {
+        match self {
+            Runtime::Uring(_) => drop(tokio::task::spawn_local(f)),
+            Runtime::Epoll(reactor) => reactor.spawn(f),
         }
     }
 }
@@ -172,7 +166,7 @@ pub fn accept_loop<H: Handler + 'static>(
 ) -> impl Future<Output = io::Result<()>> + 'static {
     let reactor = match runtime {
         Runtime::Uring(_) => None,
-        Runtime::Epoll(_, _, reactor) => Some(reactor.clone()),
+        Runtime::Epoll(reactor) => Some(reactor.clone()),
     };
     async move {
         match reactor {
@@ -203,5 +197,5 @@ async fn accept_failed(err: io::Error) {
     if LAST_WARN.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(error = %err, "accept failed for lack of resources; backing off");
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    crate::timer::sleep(Duration::from_millis(50)).await;
 }
