@@ -8,8 +8,8 @@
 //! the worker blocks in one `epoll_wait` with no timeout whatever timers are
 //! pending. Everywhere else (io_uring workers, [`crate::standalone`] and the
 //! tests on a tokio runtime) the same calls go to tokio's timer. Which one a
-//! timer uses is decided when it is made, by whether the current thread runs
-//! such a loop.
+//! timer uses is decided when it is first polled, by whether the polling
+//! thread runs such a loop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -119,22 +119,29 @@ pub fn is_local() -> bool {
 }
 
 /// A future that completes at a deadline (`Send + Sync`, as hyper's timer
-/// requires).
+/// requires). Which timers it joins is decided when it is first polled.
 #[derive(Debug)]
-pub enum Sleep {
-    /// On the thread's loop: the deadline and, once registered, the
-    /// sequence number of its entry.
-    Local(Instant, Option<u64>),
+pub struct Sleep {
+    deadline: Instant,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not polled yet.
+    New,
+    /// On the thread's loop; once registered, the sequence number of its
+    /// entry.
+    Local(Option<u64>),
     /// tokio's.
     Tokio(Pin<Box<tokio::time::Sleep>>),
 }
 
 /// Completes at `deadline`.
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    if is_local() {
-        Sleep::Local(deadline, None)
-    } else {
-        Sleep::Tokio(Box::pin(tokio::time::sleep_until(deadline.into())))
+    Sleep {
+        deadline,
+        state: State::New,
     }
 }
 
@@ -151,9 +158,19 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let (at, seq) = match self.get_mut() {
-            Sleep::Tokio(sleep) => return sleep.as_mut().poll(cx),
-            Sleep::Local(at, seq) => (*at, seq),
+        let this = self.get_mut();
+        let at = this.deadline;
+        if let State::New = this.state {
+            this.state = if is_local() {
+                State::Local(None)
+            } else {
+                State::Tokio(Box::pin(tokio::time::sleep_until(at.into())))
+            };
+        }
+        let seq = match &mut this.state {
+            State::Tokio(sleep) => return sleep.as_mut().poll(cx),
+            State::Local(seq) => seq,
+            State::New => unreachable!("resolved above"),
         };
         if Instant::now() >= at {
             if let Some(s) = seq.take() {
@@ -172,8 +189,8 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Sleep::Local(at, Some(seq)) = *self {
-            with_local(|t| t.cancel(at, seq));
+        if let State::Local(Some(seq)) = self.state {
+            with_local(|t| t.cancel(self.deadline, seq));
         }
     }
 }
@@ -284,7 +301,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            assert!(matches!(sleep(Duration::from_millis(1)), Sleep::Tokio(_)));
+            let mut s = sleep(Duration::from_secs(5));
+            assert!(futures_util::poll!(&mut s).is_pending());
+            assert!(matches!(s.state, State::Tokio(_)));
             assert_eq!(
                 timeout(Duration::from_millis(1), std::future::pending::<()>()).await,
                 None

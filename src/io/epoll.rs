@@ -476,8 +476,11 @@ impl Reactor {
             }
             self.insert_incoming();
             main_woken |= self.take_woken();
+            // Armed (or fired) on every round, not only before blocking, so
+            // that timers keep firing while tasks keep waking each other.
+            let fired = self.arm_timer();
             // Block only with nothing to run; otherwise only look for events.
-            let block = !main_woken && self.run.borrow().is_empty() && !self.arm_timer();
+            let block = !main_woken && !fired && self.run.borrow().is_empty();
             main_woken |= self.wait(block);
             self.poll_tasks();
         }
@@ -704,5 +707,20 @@ mod tests {
         assert_eq!(*order.borrow(), ["a", "b"]);
         assert!(start.elapsed() >= Duration::from_millis(60));
         assert!(reactor.timers.is_empty());
+    }
+
+    #[test]
+    fn timers_fire_while_a_task_keeps_waking_itself() {
+        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let spins = Rc::new(Cell::new(0u64));
+        let counter = spins.clone();
+        // Never lets the run queue empty, so the loop never blocks.
+        reactor.spawn(std::future::poll_fn(move |cx| {
+            counter.set(counter.get() + 1);
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        }));
+        reactor.block_on(crate::timer::sleep(Duration::from_millis(30)));
+        assert!(spins.get() > 1, "the task ran {} times", spins.get());
     }
 }
