@@ -17,9 +17,10 @@ use crate::{io as backends, listener, worker};
 /// process (standard streams, signals, plain HTTP connections such as probes
 /// and scrapes)...
 const FD_RESERVE: usize = 64;
-/// ... and for each worker: its listener, its runtime's epoll instances,
-/// waker and signal receiver, its ring (io_uring) and its ticker's timerfd:
-/// seven on either backend (`/proc/PID/fd` with 1, 2 and 4 workers), plus one.
+/// ... and for each worker: seven on io_uring (its listener, its runtime's
+/// epoll instances, waker and signal receiver, its ring and its ticker's
+/// timerfd), four on epoll (listener, epoll instance, eventfd, timerfd), as
+/// counted in `/proc/PID/fd` with 1, 2 and 4 workers; the larger plus one.
 const FD_RESERVE_PER_WORKER: usize = 8;
 
 /// State shared by all workers.
