@@ -6,7 +6,7 @@
 //! by the reactor from a slab:
 //!
 //! - every accepted socket joins the instance, edge-triggered, under its
-//!   task's key; an event records the socket's readiness in its [`Conn`] and
+//!   task's key; an event records the socket's readiness in its `Conn` and
 //!   queues the task;
 //! - a connection's [`EpollStream`] reads and writes with plain system calls
 //!   while its socket is marked ready and clears the mark on `EAGAIN`; it
