@@ -17,6 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// of AnonHugePages at the start of `main` when this ran from `main`).
 /// Any `.init_array` entry runs before `main`'s runtime set-up; the order
 /// among entries does not matter, as none of them allocates through Rust.
+// SAFETY: an `.init_array` entry must be an `extern "C" fn()` that is sound
+// to call before `main`: `off` reads one environment variable with getenv
+// and makes one prctl, touching no Rust state, allocating nothing and never
+// panicking.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static HUGE_PAGES_OFF: extern "C" fn() = {
