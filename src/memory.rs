@@ -30,7 +30,7 @@ pub(crate) const COLLECT_EVERY: Duration = Duration::from_secs(1);
 /// binary calls it from a constructor, before anything is allocated: the
 /// kernel's `PR_SET_THP_DISABLE` stops later huge page faults in the
 /// process, but pages faulted in before stay. Allocates nothing, so it is
-/// safe to call before `main`. Returns whether huge pages are now off.
+/// safe to call before `main`. Returns whether this call turned them off.
 pub fn disable_huge_pages() -> bool {
     // SAFETY: getenv reads the environment the loader set up, with a valid
     // NUL-terminated name; nothing writes the environment concurrently (no

@@ -73,11 +73,7 @@ impl Ticker {
         let (fd, period) = match self {
             Ticker::Local(next, period) => {
                 crate::timer::sleep_until(*next).await;
-                let now = Instant::now();
-                *next += *period;
-                if *next <= now {
-                    *next = now + *period;
-                }
+                advance(next, *period, Instant::now());
                 return;
             }
             Ticker::Tokio(interval) => {
@@ -105,6 +101,16 @@ impl Ticker {
         };
         tracing::warn!(error = %failure, "housekeeping timerfd failed: using tokio's timer");
         *self = Ticker::tokio(period);
+    }
+}
+
+/// Moves `due` on by `period` after it came at `now`; periods missed while
+/// the worker was busy are not made up for (the next is one period from
+/// `now`).
+pub fn advance(due: &mut Instant, period: Duration, now: Instant) {
+    *due += period;
+    if *due <= now {
+        *due = now + period;
     }
 }
 

@@ -207,12 +207,7 @@ async fn housekeeping(jobs: Vec<Job>) {
         for ((period, job), due) in jobs.iter().zip(&mut due) {
             if *due <= now {
                 job();
-                *due += *period;
-                if *due <= now {
-                    // Periods missed while the worker was busy are not
-                    // made up for.
-                    *due = now + *period;
-                }
+                crate::ticker::advance(due, *period, now);
             }
         }
     }

@@ -106,11 +106,6 @@ async fn accept<H: Handler>(listener: Rc<Conn>, reactor: Weak<Reactor>, handler:
     }
 }
 
-/// A new epoll instance for a worker's [`Reactor`].
-pub fn instance() -> io::Result<OwnedFd> {
-    Ok(epoll::create(epoll::CreateFlags::CLOEXEC)?)
-}
-
 /// Most events read per `epoll_wait`, and most woken tasks queued per
 /// round of the loop.
 pub const EVENTS_PER_POLL: usize = 256;
@@ -340,10 +335,10 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor on `epoll_fd`, an epoll instance from [`instance`]; makes
-    /// its eventfd and timerfd.
-    pub fn new(epoll_fd: OwnedFd) -> io::Result<Rc<Reactor>> {
+    /// A reactor with its epoll instance, eventfd and timerfd.
+    pub fn new() -> io::Result<Rc<Reactor>> {
         use rustix::event::{EventfdFlags, eventfd};
+        let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
         let wake = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
         let timerfd = timerfd_create(
@@ -678,7 +673,7 @@ mod tests {
 
     #[test]
     fn another_thread_wakes_the_sleeping_loop() {
-        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let reactor = Reactor::new().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -691,7 +686,7 @@ mod tests {
 
     #[test]
     fn timers_and_spawned_tasks_run_on_the_loop() {
-        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let reactor = Reactor::new().unwrap();
         let order = Rc::new(RefCell::new(Vec::new()));
         let start = Instant::now();
         reactor.block_on(async {
@@ -711,7 +706,7 @@ mod tests {
 
     #[test]
     fn timers_fire_while_a_task_keeps_waking_itself() {
-        let reactor = Reactor::new(instance().unwrap()).unwrap();
+        let reactor = Reactor::new().unwrap();
         let spins = Rc::new(Cell::new(0u64));
         let counter = spins.clone();
         // Never lets the run queue empty, so the loop never blocks.

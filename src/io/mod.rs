@@ -117,7 +117,7 @@ impl Runtime {
     pub fn new(choice: &Choice) -> io::Result<Runtime> {
         Ok(match (choice.backend, &choice.uring) {
             (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
-            _ => Runtime::Epoll(epoll::Reactor::new(epoll::instance()?)?),
+            _ => Runtime::Epoll(epoll::Reactor::new()?),
         })
     }
 
