@@ -10,7 +10,8 @@
 # --workers 1) and the load generator to another (LOAD_CPU, default 1). Every
 # scenario gets a fresh server process, the servers alternate within a round,
 # and the table shows the best of the rounds per server and scenario, as
-# ratios to the fastwebsockets baseline. The figure that matters is the
+# ratios to the fastwebsockets baseline (from ROUNDS=3 on, the medians of the
+# rounds too: on a noisy machine the best round is partly luck). The figure that matters is the
 # server's CPU time per message (utime + stime from /proc/PID/stat over the
 # measured window); throughput is shown beside it but mostly measures the
 # client on a two-core machine.

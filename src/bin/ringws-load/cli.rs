@@ -86,7 +86,8 @@ pub enum Cmd {
     /// 127.0.0.0/8 so TIME_WAIT sockets do not exhaust ephemeral ports.
     Churn(ChurnArgs),
     /// Summarise JSON lines (from benches/compare.sh) into one markdown table:
-    /// best of the rounds per server and scenario, with ratios to a baseline.
+    /// best of the rounds per server and scenario, with ratios to a baseline
+    /// (and, from 3 rounds on, the median CPU per message beside the best).
     Report(ReportArgs),
 }
 

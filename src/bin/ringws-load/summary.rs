@@ -15,6 +15,8 @@ struct Best {
     disturbed: usize,
     /// echo/rate: CPU ns/msg (user, sys) of the cheapest run.
     cpu: Option<(f64, f64, f64)>,
+    /// echo/rate: CPU ns/msg (user, sys) of every run, for the medians.
+    all_cpu: Vec<(f64, f64, f64)>,
     msgs_per_s: Option<f64>,
     /// (p50, p99) of the run with the lowest p99.
     lat: Option<(f64, f64)>,
@@ -54,6 +56,7 @@ impl Best {
             r.server_sys_ns_per_msg,
         ) {
             min_by(&mut self.cpu, (c, u, s), |t| t.0);
+            self.all_cpu.push((c, u, s));
         }
         if let Some(m) = r.msgs_per_s {
             max_of(&mut self.msgs_per_s, m);
@@ -82,6 +85,36 @@ impl Best {
         if let Some(t) = r.rate_target {
             max_of(&mut self.rate_target, t);
         }
+    }
+}
+
+/// Fewest rounds for which the table also gives medians: with two, the
+/// median is only their mean.
+const MEDIAN_FROM: usize = 3;
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+impl Best {
+    /// Medians over the runs of CPU, user and system time per message, each
+    /// taken independently, if there were enough runs.
+    fn median_cpu(&self) -> Option<(f64, f64, f64)> {
+        if self.all_cpu.len() < MEDIAN_FROM {
+            return None;
+        }
+        let of = |f: fn(&(f64, f64, f64)) -> f64| median(self.all_cpu.iter().map(f).collect());
+        Some((of(|t| t.0)?, of(|t| t.1)?, of(|t| t.2)?))
     }
 }
 
@@ -198,10 +231,18 @@ pub fn run(a: ReportArgs) -> Result<String, String> {
                     dash(b.msgs_per_s, |m| format!("{} msgs/s", num(m))),
                     ratio(b.msgs_per_s, b0.msgs_per_s),
                     format!(
-                        "p50 {} / p99 {} µs; server CPU {} %",
+                        "p50 {} / p99 {} µs; server CPU {} %{}",
                         dash(b.lat, |(p50, _)| us(p50)),
                         dash(b.lat, |(_, p99)| us(p99)),
                         dash(b.server_cpu_pct, |p| format!("{p:.0}")),
+                        b.median_cpu().map_or_else(String::new, |(c, u, s)| format!(
+                            "; median of {}: {} ns/msg ({} / {}), {}",
+                            b.all_cpu.len(),
+                            num(c),
+                            num(u),
+                            num(s),
+                            ratio(Some(c), b0.median_cpu().map(|t| t.0)),
+                        )),
                     ),
                 ],
             };
@@ -216,8 +257,18 @@ pub fn run(a: ReportArgs) -> Result<String, String> {
          independently. Cost is the server's CPU time (user / sys) per message or \
          per handshake cycle; for idle, server RSS growth per connection; for rate, \
          p99 latency from the intended send time. Ratios are against {base} \
-         (below 1.00× costs less).\n",
+         (below 1.00× costs less).{}\n",
         rounds(&runs),
+        if rounds(&runs) >= MEDIAN_FROM {
+            " From 3 rounds on, the detail column also gives the median CPU time \
+             per message over the rounds (total, user and system each taken on \
+             its own) and its ratio to the baseline's median: on a noisy machine \
+             the best round is partly luck, and the user/system split of one \
+             round is sampled from the kernel's timer ticks (250 or 1000 a \
+             second), so it varies more than the total."
+        } else {
+            ""
+        },
     ));
     Ok(out)
 }
@@ -233,4 +284,28 @@ fn rounds(runs: &[RunReport]) -> usize {
         }
     }
     counts.iter().map(|(_, n)| *n).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn medians_need_three_runs_and_are_taken_per_figure() {
+        let mut b = Best {
+            all_cpu: vec![(10.0, 1.0, 9.0), (30.0, 5.0, 25.0)],
+            ..Best::default()
+        };
+        assert_eq!(b.median_cpu(), None);
+        b.all_cpu.push((20.0, 9.0, 11.0));
+        // Not the run with the median total: each figure on its own.
+        assert_eq!(b.median_cpu(), Some((20.0, 5.0, 11.0)));
+    }
 }
