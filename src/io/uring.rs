@@ -60,7 +60,8 @@ use super::Handler;
 pub struct RingFlags {
     /// `IORING_SETUP_COOP_TASKRUN`: completions are delivered without an
     /// inter-processor interrupt (Linux ≥ 5.19). Measured to cut CPU per
-    /// message by ~30 % (DESIGN.md); always set when the kernel has it.
+    /// message by ~30 % (in the design's prototype); always set when the
+    /// kernel has it.
     pub coop_taskrun: bool,
     /// Submission queue entries per ring.
     pub entries: u32,
