@@ -101,9 +101,6 @@ pub struct Session<S> {
     /// May keep its empty read buffer between messages until the worker
     /// reclaims it (`LocalSessions::try_hold`).
     holds: bool,
-    /// Bytes of `out` written at the last write-stall tick, if one came
-    /// while `out` was pending.
-    stall_mark: Option<usize>,
 }
 
 /// A fragmented message in progress.
@@ -123,7 +120,16 @@ struct Outgoing {
     /// for a ping.
     answers: Option<InPlace>,
     written: usize,
+    /// `written` at the last write-stall tick, or [`NOT_MARKED`] before the
+    /// first. Kept here rather than as an `Option` in the session: the
+    /// eight bytes saved keep an idle connection's task in mimalloc's
+    /// 224-byte size class instead of the 256-byte one.
+    stall_mark: usize,
 }
+
+/// No write-stall tick yet: `written` counts the bytes of one frame held in
+/// memory, so it never reaches this.
+const NOT_MARKED: usize = usize::MAX;
 
 /// The session's own ping: empty payload.
 const PING: [u8; 2] = [0x89, 0x00];
@@ -135,6 +141,7 @@ impl Outgoing {
         Outgoing {
             answers: Some(frame),
             written: 0,
+            stall_mark: NOT_MARKED,
         }
     }
 
@@ -143,7 +150,16 @@ impl Outgoing {
         Outgoing {
             answers: None,
             written: 0,
+            stall_mark: NOT_MARKED,
         }
+    }
+
+    /// A write-stall tick came while this frame was pending: true if none
+    /// of its bytes were written since the previous one.
+    fn stall_tick(&mut self) -> bool {
+        let stalled = self.stall_mark == self.written;
+        self.stall_mark = self.written;
+        stalled
     }
 
     /// An echo of a data frame (counted in the metrics once written).
@@ -216,7 +232,6 @@ impl<S: Stream> Session<S> {
             heard: true,
             pinged: false,
             holds: false,
-            stall_mark: None,
         }
     }
 
@@ -322,7 +337,6 @@ impl<S: Stream> Session<S> {
                             m.bytes_out.add(out.payload_len() as u64);
                         }
                         this.out = None;
-                        this.stall_mark = None;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {
@@ -336,12 +350,9 @@ impl<S: Stream> Session<S> {
                             // would block.
                             this.holds = false;
                         }
-                        if ticks & Tick::STALL != 0 {
-                            if this.stall_mark == Some(out.written) {
-                                worker.metrics.write_stalls.add(1);
-                                return Poll::Ready(End::Gone);
-                            }
-                            this.stall_mark = Some(out.written);
+                        if ticks & Tick::STALL != 0 && out.stall_tick() {
+                            worker.metrics.write_stalls.add(1);
+                            return Poll::Ready(End::Gone);
                         }
                         sessions.park(key, cx);
                         return Poll::Pending;
@@ -498,6 +509,21 @@ async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: Rc<Worker>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_stalls_after_a_whole_period_without_progress() {
+        let mut out = Outgoing::ping();
+        // The first tick only marks: the frame may have been queued just
+        // before it.
+        assert!(!out.stall_tick());
+        out.written = 1;
+        assert!(!out.stall_tick(), "progress since the last tick");
+        assert!(out.stall_tick(), "a whole period without progress");
+        // Even a frame that has written nothing yet waits for a second tick.
+        let mut fresh = Outgoing::ping();
+        assert!(!fresh.stall_tick());
+        assert!(fresh.stall_tick());
+    }
 
     #[test]
     fn close_codes() {

@@ -967,7 +967,9 @@ impl WriteHalf {
       auto_apply_mask: true,
       vectored: true,
       writev_threshold: 1024,
-      write_buffer: Vec::with_capacity(2),
+      // Allocated on first use (ringws patch 7): a server that frames its
+      // own replies never uses it.
+      write_buffer: Vec::new(),
     }
   }
 
