@@ -8,8 +8,10 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, asked so that each size gets its own size class
+/// ([`ringws::memory::Allocator`]).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ringws::memory::Allocator = ringws::memory::Allocator;
 
 /// Turns huge pages off ([`ringws::memory::disable_huge_pages`]) while the
 /// loader runs constructors: before Rust's runtime makes its first
