@@ -11,9 +11,9 @@
 # scenario gets a fresh server process, the servers alternate within a round,
 # and the table shows the best of the rounds per server and scenario, as
 # ratios to the fastwebsockets baseline (from ROUNDS=3 on, the medians of the
-# rounds too: on a noisy machine the best round is partly luck). The figure that matters is the
-# server's CPU time per message (utime + stime from /proc/PID/stat over the
-# measured window); throughput is shown beside it but mostly measures the
+# rounds too: on a noisy machine the best round is partly luck). The figure
+# that matters is the server's CPU time per message (utime + stime from
+# /proc/PID/stat over the measured window); throughput is shown beside it but mostly measures the
 # client on a two-core machine.
 #
 # Knobs (environment): ROUNDS (2), DURATION seconds per window (6), WARMUP

@@ -13,9 +13,7 @@ struct Best {
     failed: usize,
     /// Runs during which other processes used over 10 % of a core.
     disturbed: usize,
-    /// echo/rate: CPU ns/msg (user, sys) of the cheapest run.
-    cpu: Option<(f64, f64, f64)>,
-    /// echo/rate: CPU ns/msg (user, sys) of every run, for the medians.
+    /// echo/rate: CPU ns/msg (user, sys) of every run.
     all_cpu: Vec<(f64, f64, f64)>,
     msgs_per_s: Option<f64>,
     /// (p50, p99) of the run with the lowest p99.
@@ -55,7 +53,6 @@ impl Best {
             r.server_user_ns_per_msg,
             r.server_sys_ns_per_msg,
         ) {
-            min_by(&mut self.cpu, (c, u, s), |t| t.0);
             self.all_cpu.push((c, u, s));
         }
         if let Some(m) = r.msgs_per_s {
@@ -107,6 +104,14 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 }
 
 impl Best {
+    /// CPU ns/msg (user, sys) of the cheapest run (the first, on a tie).
+    fn cpu(&self) -> Option<(f64, f64, f64)> {
+        self.all_cpu
+            .iter()
+            .copied()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
     /// Medians over the runs of CPU, user and system time per message, each
     /// taken independently, if there were enough runs.
     fn median_cpu(&self) -> Option<(f64, f64, f64)> {
@@ -220,14 +225,14 @@ pub fn run(a: ReportArgs) -> Result<String, String> {
                         "p50 {} µs; target {} msgs/s; {} ns CPU/msg",
                         dash(b.lat, |(p50, _)| us(p50)),
                         dash(b.rate_target, num),
-                        dash(b.cpu, |(c, _, _)| num(c)),
+                        dash(b.cpu(), |(c, _, _)| num(c)),
                     ),
                 ],
                 _ => [
-                    dash(b.cpu, |(c, u, s)| {
+                    dash(b.cpu(), |(c, u, s)| {
                         format!("{} ns/msg ({} / {})", num(c), num(u), num(s))
                     }),
-                    ratio(b.cpu.map(|t| t.0), b0.cpu.map(|t| t.0)),
+                    ratio(b.cpu().map(|t| t.0), b0.cpu().map(|t| t.0)),
                     dash(b.msgs_per_s, |m| format!("{} msgs/s", num(m))),
                     ratio(b.msgs_per_s, b0.msgs_per_s),
                     format!(
@@ -252,22 +257,24 @@ pub fn run(a: ReportArgs) -> Result<String, String> {
             ));
         }
     }
+    let rounds = rounds(&runs);
     out.push_str(&format!(
-        "\nBest of {} run(s) per cell: lowest cost, highest throughput, each taken \
+        "\nBest of {rounds} run(s) per cell: lowest cost, highest throughput, each taken \
          independently. Cost is the server's CPU time (user / sys) per message or \
          per handshake cycle; for idle, server RSS growth per connection; for rate, \
          p99 latency from the intended send time. Ratios are against {base} \
          (below 1.00× costs less).{}\n",
-        rounds(&runs),
-        if rounds(&runs) >= MEDIAN_FROM {
-            " From 3 rounds on, the detail column also gives the median CPU time \
-             per message over the rounds (total, user and system each taken on \
-             its own) and its ratio to the baseline's median: on a noisy machine \
-             the best round is partly luck, and the user/system split of one \
-             round is sampled from the kernel's timer ticks (250 or 1000 a \
-             second), so it varies more than the total."
+        if rounds >= MEDIAN_FROM {
+            format!(
+                " From {MEDIAN_FROM} rounds on, the detail column also gives the \
+                 median CPU time per message over the rounds (total, user and \
+                 system each taken on its own) and its ratio to the baseline's \
+                 median: on a noisy machine the best round is partly luck, and the \
+                 user/system split of one round is sampled from the kernel's timer \
+                 ticks (250 or 1000 a second), so it varies more than the total."
+            )
         } else {
-            ""
+            String::new()
         },
     ));
     Ok(out)
