@@ -76,10 +76,22 @@ pub struct Config {
     #[arg(long, env = "RINGWS_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
-    /// Time allowed for a client to send its HTTP request headers (slowloris
-    /// defence); also closes idle keep-alive HTTP connections.
+    /// Time allowed for a connection's HTTP phase, from accept to the
+    /// upgrade or the end of the response (slowloris defence).
     #[arg(long, env = "RINGWS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Longest HTTP request head (request line and headers), in bytes;
+    /// longer ones are answered 431. The default, Node.js' own, holds 8 KB
+    /// of cookies besides a browser's usual headers.
+    #[arg(long, env = "RINGWS_MAX_REQUEST_HEADER_SIZE", default_value_t = 16 << 10)]
+    pub max_request_header_size: usize,
+
+    /// Most connections in their HTTP phase per worker; beyond it, the one
+    /// pending longest is closed. With the header cap this bounds what
+    /// unfinished requests hold: at most this many heads per worker.
+    #[arg(long, env = "RINGWS_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
 
     /// Time a session may take to answer our Close frame before TCP is closed.
     #[arg(long, env = "RINGWS_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -109,6 +121,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            max_request_header_size: 16 << 10,
+            max_pending_handshakes: 1024,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             log: "info".to_owned(),
@@ -142,6 +156,14 @@ mod tests {
             assert_eq!(parsed.write_timeout, default.write_timeout);
             assert_eq!(parsed.drain_timeout, default.drain_timeout);
             assert_eq!(parsed.io, default.io);
+            assert_eq!(
+                parsed.max_request_header_size,
+                default.max_request_header_size
+            );
+            assert_eq!(
+                parsed.max_pending_handshakes,
+                default.max_pending_handshakes
+            );
         }
     }
 

@@ -1,26 +1,44 @@
-//! The HTTP/1.1 phase of every connection: routes, probes, metrics, and the
-//! hand-off of upgraded connections to the WebSocket session.
+//! The HTTP/1.1 phase of every connection: reading the request head,
+//! routes, probes, metrics, and the hand-off of upgraded connections to the
+//! WebSocket session.
+//!
+//! A connection costs little until its request arrives: the phase first
+//! reads the request head itself, into a read buffer lent from the worker's
+//! pool only while bytes are buffered, up to `--max-request-header-size`
+//! (beyond it: `431` and close). hyper's connection, with its own buffers,
+//! is built only once the whole head is there, and parses it from those
+//! bytes ([`Replay`]). A connection that has sent nothing holds no buffer,
+//! and one that trickles its head holds at most the header cap; the worker
+//! keeps at most `--max-pending-handshakes` connections in this phase
+//! ([`crate::handshakes`]), and the whole phase must end within
+//! `--handshake-timeout`.
 //!
 //! hyper serves the connection *without* its upgrade machinery (which needs
 //! `Send` I/O, and the io_uring stream is `!Send`). The `/ws` route answers
 //! `101` itself; the connection is then driven with `without_shutdown()` and
-//! taken apart with `into_parts()`, and the bytes hyper read past the request
+//! taken apart with `into_parts()`, and the bytes read past the request
 //! (often the client's first frame) are handed to the session, which parses
-//! them before reading from the socket.
+//! them before reading from the socket. Every other response carries
+//! `Connection: close`, so a connection never idles in hyper's keep-alive
+//! with hyper's buffers.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
+use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::io::Stream;
 use crate::metrics::{self, HandshakeFailure};
@@ -29,47 +47,288 @@ use crate::worker::{SessionSlot, Worker};
 
 type Body = Full<Bytes>;
 
+/// Most header lines in a request (hyper's default, stated here so that
+/// the answer to more, `431`, is ringws' documented behaviour).
+pub const MAX_HEADERS: usize = 100;
+
 /// A connection that completed the WebSocket handshake.
 pub struct Upgraded<S> {
     /// The connection.
     pub io: S,
-    /// Bytes hyper read past the request (often the client's first frame):
-    /// the session must parse them before reading from `io`.
+    /// Bytes read past the request (often the client's first frame): the
+    /// session must parse them before reading from `io`.
     pub read_ahead: Bytes,
     /// The session's place in `--max-connections`.
     pub slot: SessionSlot,
 }
 
-/// Serves HTTP on `io` until the connection closes (`None`) or is upgraded.
+/// A connection's place among its worker's pending handshakes; leaves the
+/// list when dropped, however the phase ends.
+struct Pending {
+    worker: Rc<Worker>,
+    key: usize,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.worker.handshakes.leave(self.key);
+    }
+}
+
+/// Serves HTTP on `io` until the connection closes (`None`) or is upgraded,
+/// within `--handshake-timeout`, unless newer connections evict it first.
 pub async fn serve<S: Stream>(io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> {
+    let (key, evicted) = worker.handshakes.enter();
+    if evicted {
+        worker
+            .metrics
+            .handshake_failed(HandshakeFailure::PendingLimit);
+    }
+    let pending = Pending {
+        worker: worker.clone(),
+        key,
+    };
+    let mut phase = std::pin::pin!(phase(io, worker.clone()));
+    let evictable = std::future::poll_fn(|cx| {
+        if pending.worker.handshakes.evicted(pending.key, cx) {
+            tracing::debug!("pending handshake evicted by --max-pending-handshakes");
+            return Poll::Ready(None);
+        }
+        phase.as_mut().poll(cx)
+    });
+    let timeout = worker.shared.config.handshake_timeout;
+    let upgraded = crate::timer::timeout(timeout, evictable).await;
+    if upgraded.is_none() {
+        worker.metrics.handshake_failed(HandshakeFailure::Timeout);
+        tracing::debug!("handshake timeout");
+    }
+    upgraded.flatten()
+}
+
+/// The HTTP phase: the request head, then hyper on it.
+async fn phase<S: Stream>(mut io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> {
+    match read_head(&mut io, &worker).await {
+        Ok(head) => Box::pin(respond(Replay { head, io }, worker)).await,
+        Err(Head::Closed) => None,
+        Err(Head::TooLarge) => {
+            worker
+                .metrics
+                .handshake_failed(HandshakeFailure::HeaderTooLarge);
+            tracing::debug!("request head over --max-request-header-size: 431");
+            refuse_too_large(io).await;
+            None
+        }
+    }
+}
+
+/// Why no request head was read.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// EOF or an error before the head was complete.
+    Closed,
+    /// The head is longer than `--max-request-header-size`.
+    TooLarge,
+}
+
+/// Reads until the request head (through its empty line) is buffered and
+/// returns the bytes read, which may go on past the head. The buffer is
+/// taken from the worker's pool when bytes are ready and given back while
+/// none are buffered, and never grows past the header cap.
+async fn read_head<S: Stream>(io: &mut S, worker: &Worker) -> Result<BytesMut, Head> {
+    let cap = worker.shared.config.max_request_header_size;
+    let mut buf = BytesMut::new();
+    let mut scanned = 0;
+    let res = std::future::poll_fn(|cx| {
+        loop {
+            if buf.capacity() == 0 {
+                buf = worker.buffers.take();
+            }
+            let limit = cap.saturating_sub(buf.len());
+            if buf.len() == buf.capacity() {
+                buf.reserve(limit);
+            }
+            let read = {
+                let mut room = (&mut buf).limit(limit);
+                std::pin::pin!(io.read_buf(&mut room)).poll(cx)
+            };
+            match read {
+                Poll::Pending => {
+                    if buf.is_empty() {
+                        worker.buffers.give(std::mem::take(&mut buf));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Head::Closed)),
+                Poll::Ready(Ok(_)) => {}
+            }
+            if let Some(end) = head_end(&buf, scanned) {
+                return Poll::Ready(if end <= cap {
+                    Ok(())
+                } else {
+                    Err(Head::TooLarge)
+                });
+            }
+            if buf.len() >= cap {
+                return Poll::Ready(Err(Head::TooLarge));
+            }
+            scanned = buf.len();
+        }
+    })
+    .await;
+    match res {
+        Ok(()) => Ok(buf),
+        Err(e) => {
+            buf.clear();
+            worker.buffers.give(buf);
+            Err(e)
+        }
+    }
+}
+
+/// The end of a request head in `buf` (the index after its empty line), if
+/// it is there, looking only at what follows `scanned` bytes already looked
+/// at. Lines end in CRLF, or in a bare LF as hyper also accepts.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let mut at = scanned.saturating_sub(2);
+    while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
+        let lf = at + i;
+        match &buf[lf + 1..] {
+            [b'\n', ..] => return Some(lf + 2),
+            [b'\r', b'\n', ..] => return Some(lf + 3),
+            _ => at = lf + 1,
+        }
+    }
+    None
+}
+
+/// The answer to a head over the cap, after which the connection closes.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+    content-type: text/plain; charset=utf-8\r\ncontent-length: 47\r\n\
+    connection: close\r\n\r\nrequest head exceeds --max-request-header-size\n";
+
+/// Answers `431` and closes: our side first, then reading and discarding
+/// what the client still sends until it closes too (within the handshake
+/// timeout), so that the answer is not lost to a TCP reset.
+async fn refuse_too_large<S: Stream>(mut io: S) {
+    if io.write_all(TOO_LARGE).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 512];
+    while let Ok(n) = io.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A connection whose request head was read ahead: hyper reads `head`
+/// first, then the socket.
+struct Replay<S> {
+    head: BytesMut,
+    io: S,
+}
+
+impl<S: Stream> AsyncRead for Replay<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.head.len().min(buf.remaining());
+        buf.put_slice(&this.head[..n]);
+        this.head.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: Stream> AsyncWrite for Replay<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        parts: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, parts)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// hyper on a connection whose request head has arrived: answers it, and
+/// returns the connection if it was upgraded.
+async fn respond<S: Stream>(io: Replay<S>, worker: Rc<Worker>) -> Option<Upgraded<S>> {
     let slot: Rc<RefCell<Option<SessionSlot>>> = Rc::default();
     let service = {
         let worker = worker.clone();
         let slot = slot.clone();
         hyper::service::service_fn(move |req| -> Ready<Result<Response<Body>, Infallible>> {
-            ready(Ok(route(&req, &worker, &slot)))
+            let mut res = route(&req, &worker, &slot);
+            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ready(Ok(res))
         })
     };
-    let cfg = &worker.shared.config;
+    // hyper's own cap on its read buffer (it takes no less than 8 KiB): the
+    // head it parses was already bounded by `read_head`.
+    let cap = worker.shared.config.max_request_header_size.max(8 << 10);
     let conn = http1::Builder::new()
-        .timer(crate::timer::HyperTimer)
-        .header_read_timeout(cfg.handshake_timeout)
+        .max_buf_size(cap)
+        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(io), service)
         .without_shutdown();
     let parts = match conn.await {
         Ok(parts) => parts,
         Err(e) => {
-            if e.is_timeout() {
-                worker.metrics.handshake_failed(HandshakeFailure::Timeout);
+            if e.is_parse_too_large() {
+                // hyper answered 431: more than MAX_HEADERS lines.
+                worker
+                    .metrics
+                    .handshake_failed(HandshakeFailure::TooManyHeaders);
             }
             tracing::debug!(error = %e, "http connection ended");
             return None;
         }
     };
     let slot = slot.borrow_mut().take()?;
+    let Replay { mut head, io } = parts.io.into_inner();
+    // hyper read from the front of `head`: what it read and did not parse
+    // comes before what it left in `head`.
+    let read_ahead = if head.is_empty() {
+        parts.read_buf
+    } else {
+        let mut all = BytesMut::with_capacity(parts.read_buf.len() + head.len());
+        all.extend_from_slice(&parts.read_buf);
+        all.extend_from_slice(&head);
+        head.clear();
+        all.freeze()
+    };
+    worker.buffers.give(head);
     Some(Upgraded {
-        io: parts.io.into_inner(),
-        read_ahead: parts.read_buf,
+        io,
+        read_ahead,
         slot,
     })
 }
@@ -172,4 +431,33 @@ fn websocket(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_at_its_empty_line_however_it_is_split() {
+        let req = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n\x81\x80";
+        let end = 29;
+        assert_eq!(head_end(req, 0), Some(end));
+        // Arriving a byte at a time, scanned up to the previous length.
+        let at = (1..=req.len()).find_map(|n| head_end(&req[..n], n - 1));
+        assert_eq!(at, Some(end));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r", 0), None);
+    }
+
+    #[test]
+    fn the_431_answer_is_well_formed() {
+        let text = std::str::from_utf8(TOO_LARGE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
+    }
 }

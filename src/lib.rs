@@ -9,7 +9,8 @@
 //! | `listener` | one SO_REUSEPORT listener per worker |
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
 //! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
-//! | `http` | hyper http1 per connection: routes, probes, metrics, upgrade hand-off |
+//! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
+//! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
 //! | [`upgrade`] | handshake validation and the accept key |
 //! | `session` | the echo loop on fastwebsockets; never knows the backend |
 //! | [`utf8`] | incremental UTF-8 validation across fragments |
@@ -31,6 +32,7 @@
 mod buffers;
 pub mod config;
 pub mod drain;
+mod handshakes;
 mod http;
 pub mod io;
 mod listener;

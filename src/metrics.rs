@@ -53,13 +53,21 @@ pub enum HandshakeFailure {
     Capacity,
     /// The server is draining (answered 503).
     Draining,
-    /// The request headers did not arrive within `--handshake-timeout`.
+    /// The HTTP phase (request and response) did not end within
+    /// `--handshake-timeout`.
     Timeout,
+    /// The request head is longer than `--max-request-header-size` (answered 431).
+    HeaderTooLarge,
+    /// More than 100 header lines (`http::MAX_HEADERS`) (answered 431).
+    TooManyHeaders,
+    /// Closed to make room under `--max-pending-handshakes`: it had been in
+    /// its HTTP phase longest.
+    PendingLimit,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 9] = [
+    pub const ALL: [HandshakeFailure; 12] = [
         HandshakeFailure::Method,
         HandshakeFailure::NotUpgrade,
         HandshakeFailure::ConnectionHeader,
@@ -69,6 +77,9 @@ impl HandshakeFailure {
         HandshakeFailure::Capacity,
         HandshakeFailure::Draining,
         HandshakeFailure::Timeout,
+        HandshakeFailure::HeaderTooLarge,
+        HandshakeFailure::TooManyHeaders,
+        HandshakeFailure::PendingLimit,
     ];
 
     /// The `reason` label value.
@@ -83,6 +94,9 @@ impl HandshakeFailure {
             HandshakeFailure::Capacity => "capacity",
             HandshakeFailure::Draining => "draining",
             HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::HeaderTooLarge => "header_too_large",
+            HandshakeFailure::TooManyHeaders => "too_many_headers",
+            HandshakeFailure::PendingLimit => "pending_limit",
         }
     }
 }
@@ -107,7 +121,7 @@ pub struct WorkerMetrics {
     /// Sessions closed because their writes stalled (`--write-timeout`).
     pub write_stalls: LocalCounter,
     /// Handshake failures, indexed like [`HandshakeFailure::ALL`].
-    pub handshake_failures: [LocalCounter; 9],
+    pub handshake_failures: [LocalCounter; HandshakeFailure::ALL.len()],
 }
 
 impl WorkerMetrics {

@@ -1,4 +1,4 @@
-//! Timers that work on either backend: hyper's handshake timeout, the
+//! Timers that work on either backend: the handshake timeout, the
 //! session's close timeout, the drain timeout, accept back-off and the
 //! housekeeping ticks all go through here and never know which one runs.
 //!
@@ -118,8 +118,8 @@ pub fn is_local() -> bool {
     LOCAL.with(|l| l.borrow().is_some())
 }
 
-/// A future that completes at a deadline (`Send + Sync`, as hyper's timer
-/// requires). Which timers it joins is decided when it is first polled.
+/// A future that completes at a deadline. Which timers it joins is decided
+/// when it is first polled.
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
@@ -215,22 +215,6 @@ pub async fn timeout<F: Future>(duration: Duration, f: F) -> Option<F::Output> {
         Pin::new(&mut sleep).poll(cx).map(|()| None)
     })
     .await
-}
-
-/// hyper's timer on this module's timers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HyperTimer;
-
-impl hyper::rt::Sleep for Sleep {}
-
-impl hyper::rt::Timer for HyperTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep(duration))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep_until(deadline))
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::drain::Tick;
+use crate::handshakes::Handshakes;
 use crate::io::{self, Handler, Stream};
 use crate::metrics::WorkerMetrics;
 use crate::server::Shared;
@@ -25,6 +26,8 @@ pub struct Worker {
     pub sessions: crate::drain::LocalSessions,
     /// Read buffers lent to sessions while they have bytes to parse.
     pub buffers: crate::buffers::BufferPool,
+    /// Connections in their HTTP phase, oldest first.
+    pub handshakes: crate::handshakes::Handshakes,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -111,6 +114,7 @@ impl Worker {
     pub(crate) fn standalone(shared: Arc<Shared>) -> Rc<Worker> {
         Rc::new(Worker {
             metrics: shared.metrics.workers[0].clone(),
+            handshakes: Handshakes::new(shared.config.max_pending_handshakes),
             shared,
             sessions: Default::default(),
             buffers: Default::default(),
@@ -128,6 +132,7 @@ pub(crate) fn run(
     runtime.block_on(async move {
         let worker = Rc::new(Worker {
             metrics: shared.metrics.workers[id].clone(),
+            handshakes: Handshakes::new(shared.config.max_pending_handshakes),
             shared: shared.clone(),
             sessions: Default::default(),
             buffers: Default::default(),

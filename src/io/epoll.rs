@@ -16,7 +16,7 @@
 //!   goes through the task's [`Waker`], which queues its key; a wake from
 //!   another thread (drain, from the signal thread) also writes an eventfd
 //!   in the instance, if the loop sleeps;
-//! - timers ([`crate::timer`]: hyper's handshake timeout, close and drain
+//! - timers ([`crate::timer`]: the handshake timeout, close and drain
 //!   timeouts, accept back-off, housekeeping) are kept by deadline and
 //!   fire from a timerfd in the instance, armed for the earliest.
 //!
