@@ -20,7 +20,7 @@ use bytes::BytesMut;
 /// Capacity of a new buffer (fastwebsockets' own default).
 const BUFFER: usize = 8 << 10;
 /// Buffers that grew past this (large messages) are freed, not pooled.
-const POOL_MAX_BUFFER: usize = 64 << 10;
+pub(crate) const POOL_MAX_BUFFER: usize = 64 << 10;
 /// Most bytes of buffers kept for reuse per worker (1,024 buffers of the
 /// default size): what a burst of activity can leave behind.
 const POOL_MAX_BYTES: usize = 8 << 20;

@@ -102,6 +102,22 @@ pub struct Config {
     #[arg(long, env = "RINGWS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Most bytes all sessions together may hold in read buffers while frames
+    /// arrive (`64MiB`, `1GiB` or bytes), split evenly between workers. At
+    /// the limit, sessions that need more room are not read (TCP pushes back
+    /// on their peers); if that lasts a second, the session whose incomplete
+    /// frame is oldest is closed with 1013, one every 100 ms while it lasts
+    /// [default: a quarter of the cgroup memory limit, or 256 MiB without
+    /// one].
+    #[arg(long, env = "RINGWS_MAX_BUFFERED_BYTES", value_parser = parse_size)]
+    pub max_buffered_bytes: Option<u64>,
+
+    /// Least rate, in bytes per second (`1KiB` or bytes), at which an
+    /// incomplete frame must keep arriving: one that grows by less over a
+    /// whole 10-second window is closed with 1008. `0` disables.
+    #[arg(long, env = "RINGWS_MIN_MESSAGE_RATE", default_value = "1KiB", value_parser = parse_size)]
+    pub min_message_rate: u64,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringws=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -123,11 +139,36 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_request_header_size: 16 << 10,
             max_pending_handshakes: 1024,
+            max_buffered_bytes: None,
+            min_message_rate: 1024,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             log: "info".to_owned(),
         }
     }
+}
+
+/// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`
+/// (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1,024) suffix.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count such as 65536 or 64MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit in {text:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl Config {
@@ -165,6 +206,19 @@ mod tests {
                 default.max_pending_handshakes
             );
         }
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("8 kb"), Ok(8 << 10));
+        assert!(parse_size("64XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        let c = Config::parse_from(["ringws", "--max-buffered-bytes", "64MiB"]);
+        assert_eq!(c.max_buffered_bytes, Some(64 << 20));
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Drain {
 #[derive(Debug, Default)]
 pub struct LocalSessions {
     table: RefCell<Slab<Entry>>,
+    /// Whole seconds since the worker started, plus one (0 means "never"),
+    /// set by the worker's housekeeping: the clock of [`Entry::since`].
+    clock: Cell<u32>,
     closing: Cell<bool>,
     all_closed: Notify,
     holders: RefCell<Vec<usize>>,
@@ -85,6 +88,13 @@ pub const HOLDERS_MAX: usize = 128;
 struct Entry {
     waker: Option<Waker>,
     ticks: u8,
+    /// Refused by the worker's budget of buffered bytes; not reading.
+    waiting: bool,
+    /// KiB of the incomplete frame buffered at the last [`Tick::PROGRESS`].
+    mark: u16,
+    /// [`LocalSessions::clock`] when the incomplete frame the session
+    /// buffers began to arrive, or 0 if it buffers none.
+    since: u32,
 }
 
 /// Periodic checks delivered to sessions, as bits.
@@ -98,6 +108,12 @@ impl Tick {
     pub const STALL: u8 = 2;
     /// Give an empty read buffer back to the pool ([`LocalSessions::reclaim`]).
     pub const RECLAIM: u8 = 4;
+    /// Close with 1013 to make room in the worker's budget of buffered bytes
+    /// ([`LocalSessions::evict_oldest_partial`]).
+    pub const EVICT: u8 = 8;
+    /// Check that the incomplete frame buffered makes progress
+    /// (`--min-message-rate`).
+    pub const PROGRESS: u8 = 16;
 }
 
 impl LocalSessions {
@@ -188,6 +204,84 @@ impl LocalSessions {
         wakers.drain(..).for_each(Waker::wake);
     }
 
+    /// The clock of [`LocalSessions::set_partial`]: whole seconds since the
+    /// worker started, plus one.
+    pub fn clock(&self) -> u32 {
+        self.clock.get().max(1)
+    }
+
+    /// Sets the clock (the worker's housekeeping, every tick).
+    pub fn set_clock(&self, secs: u32) {
+        self.clock.set(secs);
+    }
+
+    /// Records that session `key` began to buffer an incomplete frame at
+    /// `since` (a [`LocalSessions::clock`] value), or, with 0, that it
+    /// buffers none.
+    pub fn set_partial(&self, key: usize, since: u32) {
+        let mut table = self.table.borrow_mut();
+        let entry = &mut table[key];
+        entry.since = since;
+        entry.mark = 0;
+    }
+
+    /// When session `key`'s incomplete frame began to arrive, and the KiB of
+    /// it buffered at the last progress check.
+    pub fn progress(&self, key: usize) -> (u32, u16) {
+        let table = self.table.borrow();
+        (table[key].since, table[key].mark)
+    }
+
+    /// Records the KiB of session `key`'s incomplete frame buffered now.
+    pub fn set_mark(&self, key: usize, kib: u16) {
+        self.table.borrow_mut()[key].mark = kib;
+    }
+
+    /// Records whether session `key` waits for the budget (and so is not
+    /// read, and not held to the progress check).
+    pub fn set_waiting(&self, key: usize, waiting: bool) {
+        self.table.borrow_mut()[key].waiting = waiting;
+    }
+
+    /// Marks `tick` on the sessions that buffer an incomplete frame and are
+    /// not waiting for the budget, and wakes them to look at it.
+    pub fn tick_partial(&self, tick: u8) {
+        let mut wakers = self.to_wake.borrow_mut();
+        wakers.extend(self.table.borrow_mut().iter_mut().filter_map(|(_, e)| {
+            if e.since == 0 || e.waiting {
+                return None;
+            }
+            e.ticks |= tick;
+            e.waker.clone()
+        }));
+        wakers.drain(..).for_each(Waker::wake);
+    }
+
+    /// Tells the session whose incomplete frame is oldest to close
+    /// ([`Tick::EVICT`]), preferring one that holds its buffer to one that
+    /// waits for the budget (closing a waiter frees only a pooled buffer).
+    /// False if no session buffers an incomplete frame.
+    pub fn evict_oldest_partial(&self) -> bool {
+        let waker = {
+            let mut table = self.table.borrow_mut();
+            let oldest = table
+                .iter()
+                .filter(|(_, e)| e.since != 0 && e.ticks & Tick::EVICT == 0)
+                .min_by_key(|(_, e)| (e.waiting, e.since))
+                .map(|(key, _)| key);
+            let Some(key) = oldest else {
+                return false;
+            };
+            let entry = &mut table[key];
+            entry.ticks |= Tick::EVICT;
+            entry.waker.clone()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Tells every session on this worker to close, then waits until all have.
     pub async fn close_all(&self) {
         self.closing.set(true);
@@ -260,5 +354,66 @@ mod tests {
         sessions.reclaim();
         assert_eq!(count.0.load(Ordering::SeqCst), HOLDERS_MAX - 1, "once");
         assert!(sessions.try_hold(keys[HOLDERS_MAX]), "room again");
+    }
+
+    #[test]
+    fn the_oldest_incomplete_frame_is_evicted_first_and_once() {
+        let sessions = LocalSessions::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let keys: Vec<usize> = (0..4).map(|_| sessions.enter()).collect();
+        for &key in &keys {
+            sessions.park(key, &Context::from_waker(&waker));
+        }
+        assert!(!sessions.evict_oldest_partial(), "nothing buffered");
+        sessions.set_partial(keys[0], 5);
+        sessions.set_partial(keys[1], 3);
+        sessions.set_partial(keys[2], 1);
+        // The oldest waits for the budget: it holds only a pooled buffer.
+        sessions.set_waiting(keys[2], true);
+        let evicted = |sessions: &LocalSessions| {
+            keys.iter()
+                .map(|&k| sessions.table.borrow()[k].ticks & Tick::EVICT != 0)
+                .collect::<Vec<_>>()
+        };
+        assert!(sessions.evict_oldest_partial());
+        assert_eq!(evicted(&sessions), [false, true, false, false]);
+        assert!(sessions.evict_oldest_partial(), "not the same one twice");
+        assert_eq!(evicted(&sessions), [true, true, false, false]);
+        assert!(sessions.evict_oldest_partial());
+        assert_eq!(
+            evicted(&sessions),
+            [true, true, true, false],
+            "then waiters"
+        );
+        assert!(!sessions.evict_oldest_partial(), "the last buffers nothing");
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn progress_ticks_reach_only_sessions_reading_an_incomplete_frame() {
+        let sessions = LocalSessions::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let keys: Vec<usize> = (0..3).map(|_| sessions.enter()).collect();
+        for &key in &keys {
+            sessions.park(key, &Context::from_waker(&waker));
+        }
+        sessions.set_partial(keys[0], 2);
+        sessions.set_partial(keys[1], 2);
+        sessions.set_waiting(keys[1], true);
+        sessions.set_mark(keys[0], 7);
+        assert_eq!(sessions.progress(keys[0]), (2, 7));
+        sessions.tick_partial(Tick::PROGRESS);
+        assert_eq!(sessions.take_ticks(keys[0]), Tick::PROGRESS);
+        assert_eq!(sessions.take_ticks(keys[1]), 0, "waiting: not read");
+        assert_eq!(sessions.take_ticks(keys[2]), 0, "nothing buffered");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        sessions.set_partial(keys[0], 9);
+        assert_eq!(
+            sessions.progress(keys[0]),
+            (9, 0),
+            "a new frame starts a new mark"
+        );
     }
 }

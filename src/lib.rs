@@ -10,6 +10,7 @@
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
 //! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
+//! | `budget` | a worker's share of `--max-buffered-bytes`: what read buffers may hold |
 //! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
 //! | [`upgrade`] | handshake validation and the accept key |
 //! | `session` | the echo loop on fastwebsockets; never knows the backend |
@@ -29,6 +30,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod buffers;
 pub mod config;
 pub mod drain;

@@ -126,9 +126,61 @@ pub(crate) fn collect() {
     unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
+/// The memory limit of this process's cgroup, if one is set: the lowest
+/// `memory.max` (cgroup v2) or `memory.limit_in_bytes` (v1) on the way from
+/// its cgroup to the root. A container's limit (a pod's
+/// `resources.limits.memory`) is found this way under both hierarchies.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut files = Vec::new();
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(format!("{root}{path}"));
+        loop {
+            files.push(dir.join(file));
+            if dir.as_os_str().len() <= root.len() || !dir.pop() {
+                break;
+            }
+        }
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|text| parse_limit(&text))
+        .min()
+}
+
+/// A cgroup memory limit file's value: `None` for "max" (v2) or the huge
+/// number v1 uses for "no limit".
+fn parse_limit(text: &str) -> Option<u64> {
+    let bytes: u64 = text.trim().parse().ok()?;
+    (bytes < 1 << 60).then_some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_limits_parse() {
+        assert_eq!(parse_limit("268435456\n"), Some(256 << 20));
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        // Whatever this machine has, reading it does not fail.
+        let _ = cgroup_memory_limit();
+    }
 
     /// The block mimalloc gave for `ptr`.
     fn usable(ptr: *mut u8) -> usize {

@@ -120,6 +120,17 @@ pub struct WorkerMetrics {
     pub closes_sent: LocalCounter,
     /// Sessions closed because their writes stalled (`--write-timeout`).
     pub write_stalls: LocalCounter,
+    /// Times a session was refused room to buffer more by the worker's
+    /// share of `--max-buffered-bytes`, and waited unread.
+    pub budget_waits: LocalCounter,
+    /// Sessions closed with 1013 to make room in that budget.
+    pub budget_closes: LocalCounter,
+    /// Sessions closed with 1008 for an incomplete frame arriving slower than
+    /// `--min-message-rate`.
+    pub slow_messages: LocalCounter,
+    /// Bytes this worker's sessions hold in read buffers (a gauge, written
+    /// by the worker's housekeeping).
+    pub buffered_bytes: AtomicU64,
     /// Handshake failures, indexed like [`HandshakeFailure::ALL`].
     pub handshake_failures: [LocalCounter; HandshakeFailure::ALL.len()],
 }
@@ -240,6 +251,35 @@ impl Collector for Scrape {
             "ringws_write_stalls",
             "Sessions closed because the peer stopped reading (--write-timeout).",
             m.sum(|w| &w.write_stalls),
+        )?;
+        let buffered: u64 = m
+            .workers
+            .iter()
+            .map(|w| w.buffered_bytes.load(Relaxed))
+            .sum();
+        gauge(
+            &mut enc,
+            "ringws_buffered_bytes",
+            "Bytes held in sessions' read buffers (bounded by --max-buffered-bytes).",
+            i64::try_from(buffered).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_budget_waits",
+            "Times a session waited, unread, for room under --max-buffered-bytes.",
+            m.sum(|w| &w.budget_waits),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_budget_closes",
+            "Sessions closed with 1013 to make room under --max-buffered-bytes.",
+            m.sum(|w| &w.budget_closes),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_slow_messages",
+            "Sessions closed with 1008: a frame arrived slower than --min-message-rate.",
+            m.sum(|w| &w.slow_messages),
         )?;
 
         let proto = ConstCounter::new(0u64);

@@ -34,6 +34,47 @@ pub struct Shared {
     pub drain: Drain,
     /// Effective `--max-connections`.
     pub max_connections: usize,
+    /// Each worker's share of `--max-buffered-bytes` ([`buffered_share`]).
+    pub buffered_share: usize,
+}
+
+/// `--max-buffered-bytes` when it is not set: a quarter of the cgroup's
+/// memory limit (64 MiB in a pod limited to 256 MiB, leaving the rest to
+/// sessions, pools and the runtime), or this without a limit.
+const BUFFERED_WITHOUT_LIMIT: u64 = 256 << 20;
+
+/// Each worker's share of `--max-buffered-bytes` (its default taken from
+/// `cgroup_limit`), and a warning if the share had to be raised to hold one
+/// frame of `--max-message-size` beside the budget's reserve (else such a
+/// frame could never be read).
+pub fn buffered_share(
+    config: &Config,
+    workers: usize,
+    cgroup_limit: Option<u64>,
+) -> (usize, Option<String>) {
+    let total = config
+        .max_buffered_bytes
+        .or(cgroup_limit.map(|limit| limit / 4))
+        .unwrap_or(BUFFERED_WITHOUT_LIMIT);
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
+    let share = total / workers.max(1);
+    // The largest charge a session asks for: a whole largest frame (payload
+    // and a 14-byte header) and the next frame's header, in KiB.
+    let frame = config
+        .max_message_size
+        .saturating_add(28)
+        .div_ceil(1024)
+        .saturating_mul(1024);
+    let least = crate::budget::Budget::share_for_frame(frame);
+    if share >= least {
+        return (share, None);
+    }
+    let warning = format!(
+        "--max-buffered-bytes {total} over {workers} worker(s) leaves less than one \
+         --max-message-size frame per worker: using {least} bytes per worker \
+         (lower --max-message-size or raise --max-buffered-bytes)"
+    );
+    (least, Some(warning))
 }
 
 /// Why the server could not start.
@@ -100,6 +141,11 @@ impl Server {
             .unwrap_or(usize::MAX)
             .saturating_sub(FD_RESERVE + FD_RESERVE_PER_WORKER * workers);
         let max_connections = config.max_connections.unwrap_or(capacity);
+        let (buffered_share, warning) =
+            buffered_share(&config, workers, crate::memory::cgroup_memory_limit());
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
         let listeners = listener::bind(SocketAddr::new(config.bind, config.port), workers)?;
         let local_addr = listeners[0].local_addr()?;
         tracing::info!(
@@ -109,6 +155,7 @@ impl Server {
             workers,
             open_files = nofile,
             max_connections,
+            buffered_bytes = buffered_share * workers,
             "ringws listening on ws://{local_addr}{}",
             config.path
         );
@@ -126,6 +173,7 @@ impl Server {
                 metrics,
                 drain: Drain::default(),
                 max_connections,
+                buffered_share,
             }),
             choice,
             listeners,

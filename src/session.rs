@@ -31,6 +31,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
+use std::time::Duration;
+
 use fastwebsockets::{CloseCode, Frame, InPlace, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -75,6 +77,60 @@ const fn fail(code: u16, reason: &'static str) -> End {
 /// of its worker (the io_uring stream does not take part in tokio's budget).
 const FRAMES_PER_POLL: u32 = 32;
 
+/// The window of `--min-message-rate`: a session buffering an incomplete
+/// frame must receive that rate's worth of it in every such window after
+/// the first (checked by [`Tick::PROGRESS`], which the worker sends this
+/// often).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Room kept past a large frame for the next frame's header, so that the
+/// read which completes the frame can bring it too (fastwebsockets reads
+/// ahead this much).
+const NEXT_HEADER: usize = 14;
+
+/// Bytes in KiB, rounded up (what a session's charge is counted in).
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// A session's booleans, in one byte: an idle connection costs the
+/// session's size, which must stay in mimalloc's 224-byte class.
+#[derive(Clone, Copy, Debug, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// Heard from the peer since the last idle tick.
+    const HEARD: u8 = 1;
+    /// Pinged after a silent idle period, not answered yet.
+    const PINGED: u8 = 2;
+    /// May keep its empty read buffer between messages until the worker
+    /// reclaims it (`LocalSessions::try_hold`).
+    const HOLDS: u8 = 4;
+    /// Buffers an incomplete frame (recorded in the session table).
+    const PARTIAL: u8 = 8;
+    /// Refused by the worker's budget of buffered bytes; not reading.
+    const WAITING: u8 = 16;
+
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+
+    /// Clears `flag`; true if it was set.
+    fn take(&mut self, flag: u8) -> bool {
+        let had = self.has(flag);
+        self.set(flag, false);
+        had
+    }
+}
+
 /// A WebSocket session: the echo loop, then the closing handshake. It is
 /// the whole future of the session's task.
 ///
@@ -94,13 +150,10 @@ pub struct Session<S> {
     out: Option<Outgoing>,
     /// A fragmented message in progress.
     message: Option<Fragmented>,
-    /// Heard from the peer since the last idle tick.
-    heard: bool,
-    /// Pinged after a silent idle period, not answered yet.
-    pinged: bool,
-    /// May keep its empty read buffer between messages until the worker
-    /// reclaims it (`LocalSessions::try_hold`).
-    holds: bool,
+    /// KiB of the worker's budget of buffered bytes charged for the read
+    /// buffer this session holds (`crate::budget`).
+    charged: u32,
+    flags: Flags,
 }
 
 /// A fragmented message in progress.
@@ -215,10 +268,14 @@ impl<S: Stream> Session<S> {
         // fastwebsockets rejects frames of `>= max_message_size` bytes.
         let max = worker.shared.config.max_message_size;
         ws.set_max_message_size(max.saturating_add(1));
+        let mut charged = 0;
         if !read_ahead.is_empty() {
             let buf = ws.read_buffer_mut();
             *buf = worker.buffers.take();
             buf.extend_from_slice(read_ahead);
+            // Already read: charged whatever the budget has left.
+            charged = kib(buf.capacity());
+            worker.budget.force(charged as usize * 1024);
         }
         tracing::debug!(key = slot.key(), "session started");
         Session {
@@ -227,11 +284,10 @@ impl<S: Stream> Session<S> {
             closing: None,
             out: None,
             message: None,
+            charged,
             // A new session has just been heard (its upgrade): the first
             // idle tick, which may come a moment later, must not ping it.
-            heard: true,
-            pinged: false,
-            holds: false,
+            flags: Flags(Flags::HEARD),
         }
     }
 
@@ -239,7 +295,7 @@ impl<S: Stream> Session<S> {
     /// go on (perhaps with a reply to send, which consumes the frame once
     /// written), `Err(end)` to close.
     fn on_frame(&mut self, frame: InPlace) -> Result<(), End> {
-        self.heard = true;
+        self.flags.set(Flags::HEARD, true);
         // fastwebsockets unmasks in place and reports whether the frame
         // was masked: an unmasked frame here is one the client sent so.
         if !frame.masked {
@@ -273,31 +329,202 @@ impl<S: Stream> Session<S> {
     /// within `RECLAIM_EVERY`.
     fn release_buffer(&mut self, reclaim: bool) {
         if reclaim {
-            self.holds = false;
+            self.flags.set(Flags::HOLDS, false);
         }
-        let worker = self.slot.worker();
+        let worker = self.slot.worker().clone();
         let buf = self.ws.as_mut().expect("not done").read_buffer_mut();
-        if self.holds || buf.capacity() == 0 || !buf.is_empty() {
+        if self.flags.has(Flags::HOLDS) || buf.capacity() == 0 || !buf.is_empty() {
             return;
         }
-        if !reclaim && worker.sessions.try_hold(self.slot.key()) {
-            self.holds = true;
+        // Only a buffer the pool would keep is held (a large one is freed).
+        let poolable = self.charged as usize * 1024 <= crate::buffers::POOL_MAX_BUFFER;
+        if !reclaim && poolable && worker.sessions.try_hold(self.slot.key()) {
+            self.flags.set(Flags::HOLDS, true);
             return;
         }
         worker.buffers.give(std::mem::take(buf));
+        self.uncharge();
+    }
+
+    /// Gives the session a read buffer from the worker's pool if it holds
+    /// none, charged to the worker's budget; false if the budget refuses.
+    fn take_buffer(&mut self) -> bool {
+        let worker = self.slot.worker().clone();
+        if self
+            .ws
+            .as_mut()
+            .expect("not done")
+            .read_buffer_mut()
+            .capacity()
+            != 0
+        {
+            return true;
+        }
+        self.uncharge();
+        let pooled = worker.buffers.take();
+        let charge = kib(pooled.capacity());
+        if !worker.budget.take(charge as usize * 1024) {
+            worker.buffers.give(pooled);
+            return false;
+        }
+        *self.ws.as_mut().expect("not done").read_buffer_mut() = pooled;
+        self.charged = charge;
+        self.granted();
+        true
+    }
+
+    /// The frame at the front of the read buffer, `frame_len` bytes, is
+    /// longer than the buffer: charges the budget for the whole frame before
+    /// the buffer grows for it, or, if the budget refuses, returns false (the
+    /// session then waits, unread). The buffer itself still grows only as
+    /// the frame's bytes arrive, so an announced length costs no memory
+    /// until it is sent.
+    fn grow(&mut self, frame_len: usize) -> bool {
+        let worker = self.slot.worker().clone();
+        let charge = kib(frame_len.saturating_add(NEXT_HEADER));
+        let extra = charge.saturating_sub(self.charged) as usize * 1024;
+        if !worker.budget.grow(extra) {
+            return false;
+        }
+        self.charged = charge;
+        self.granted();
+        true
+    }
+
+    /// The budget granted what this session asked for: if it had been
+    /// waiting, it reads again, and the progress check of its incomplete
+    /// frame starts over (it could not progress while unread).
+    fn granted(&mut self) {
+        if self.flags.take(Flags::WAITING) {
+            let sessions = &self.slot.worker().sessions;
+            let key = self.slot.key();
+            sessions.set_waiting(key, false);
+            if self.flags.has(Flags::PARTIAL) {
+                sessions.set_partial(key, sessions.clock());
+            }
+        }
+    }
+
+    /// The budget refused: wait, unread, until bytes are released.
+    fn wait_for_budget(&mut self, cx: &Context<'_>) {
+        let worker = self.slot.worker();
+        if !self.flags.has(Flags::WAITING) {
+            self.flags.set(Flags::WAITING, true);
+            worker.sessions.set_waiting(self.slot.key(), true);
+            worker.metrics.budget_waits.add(1);
+        }
+        worker.budget.wait(cx.waker());
+    }
+
+    /// Releases the budget charged for the read buffer (no longer held).
+    fn uncharge(&mut self) {
+        if self.charged != 0 {
+            self.slot
+                .worker()
+                .budget
+                .release(self.charged as usize * 1024);
+            self.charged = 0;
+        }
+    }
+
+    /// Records in the session table whether an incomplete frame is
+    /// buffered, and since when: from the first of its bytes, or from the
+    /// last frame completed (`frames_read`: in this poll).
+    fn track_partial(&mut self, frames_read: bool) {
+        let buf = self.ws.as_mut().expect("not done").read_buffer_mut();
+        let partial = !buf.is_empty();
+        let was = self.flags.has(Flags::PARTIAL);
+        let sessions = &self.slot.worker().sessions;
+        let key = self.slot.key();
+        if partial && (!was || frames_read) {
+            sessions.set_partial(key, sessions.clock());
+        } else if !partial && was {
+            sessions.set_partial(key, 0);
+        }
+        self.flags.set(Flags::PARTIAL, partial);
+    }
+
+    /// A progress check ([`Tick::PROGRESS`]): an incomplete frame buffered
+    /// for a whole [`PROGRESS_EVERY`] must have grown by
+    /// `--min-message-rate` over the last window (counted in KiB).
+    fn check_progress(&mut self) -> Result<(), End> {
+        let worker = self.slot.worker().clone();
+        let rate = worker.shared.config.min_message_rate;
+        if !self.flags.has(Flags::PARTIAL) || rate == 0 {
+            return Ok(());
+        }
+        let sessions = &worker.sessions;
+        let key = self.slot.key();
+        let (since, mark) = sessions.progress(key);
+        let buffered = self.ws.as_mut().expect("not done").read_buffer_mut().len();
+        let got = u16::try_from(buffered / 1024).unwrap_or(u16::MAX);
+        let window = PROGRESS_EVERY.as_secs();
+        // A frame of 64 MiB or more buffered is not checked (the mark is
+        // 16 bits of KiB): it is progressing at any sensible rate.
+        if since != 0
+            && u64::from(sessions.clock().saturating_sub(since)) >= window
+            && got < u16::MAX
+        {
+            // Rounded up to the KiB, in the peer's favour.
+            let progress = u64::from(got.saturating_sub(mark)) * 1024 + 1024;
+            if progress < rate.saturating_mul(window) {
+                worker.metrics.slow_messages.add(1);
+                return Err(fail(
+                    1008,
+                    "message arriving slower than --min-message-rate",
+                ));
+            }
+        }
+        sessions.set_mark(key, got);
+        Ok(())
+    }
+
+    /// The loop has ended: the read buffer is no longer needed (the closing
+    /// handshake reads into a small buffer of its own).
+    fn drop_buffer(&mut self) {
+        let worker = self.slot.worker().clone();
+        let buf = std::mem::take(self.ws.as_mut().expect("not done").read_buffer_mut());
+        if buf.is_empty() {
+            worker.buffers.give(buf);
+        }
+        self.uncharge();
+        let key = self.slot.key();
+        if self.flags.take(Flags::PARTIAL) {
+            worker.sessions.set_partial(key, 0);
+        }
+        if self.flags.take(Flags::WAITING) {
+            worker.sessions.set_waiting(key, false);
+        }
+    }
+
+    /// Closed to make room in the worker's budget ([`Tick::EVICT`]).
+    fn evicted(&self) -> End {
+        self.slot.worker().metrics.budget_closes.add(1);
+        fail(1013, "server read buffers are full: try again later")
     }
 
     /// An idle tick arrived: quiet peers get a Ping, then a Close.
     fn on_tick(&mut self) -> Result<(), End> {
-        if std::mem::take(&mut self.heard) {
-            self.pinged = false;
-        } else if self.pinged {
+        if self.flags.take(Flags::HEARD) {
+            self.flags.set(Flags::PINGED, false);
+        } else if self.flags.has(Flags::PINGED) {
             return Err(fail(1001, "no answer to ping"));
         } else {
-            self.pinged = true;
+            self.flags.set(Flags::PINGED, true);
             self.out = Some(Outgoing::ping());
         }
         Ok(())
+    }
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        // However the session ends (its task dropped at drain's end, or
+        // after a panic), its worker's budget gets back what it held.
+        if self.charged != 0 {
+            let worker = self.slot.worker();
+            worker.budget.release(self.charged as usize * 1024);
+        }
     }
 }
 
@@ -309,6 +536,7 @@ impl<S: Stream> Future for Session<S> {
         if this.closing.is_none() {
             let end = ready!(this.poll_echo(cx));
             tracing::debug!(?end, "session ending");
+            this.drop_buffer();
             let ws = this.ws.take().expect("the loop ended once");
             this.closing = Some(Box::pin(close(ws, end, this.slot.worker().clone())));
         }
@@ -345,10 +573,13 @@ impl<S: Stream> Session<S> {
                         // period without progress closes the connection (no
                         // Close frame can get through).
                         let ticks = sessions.take_ticks(key);
+                        if ticks & Tick::EVICT != 0 {
+                            return Poll::Ready(this.evicted());
+                        }
                         if ticks & Tick::RECLAIM != 0 {
                             // The buffer is looked at when the next read
                             // would block.
-                            this.holds = false;
+                            this.flags.set(Flags::HOLDS, false);
                         }
                         if ticks & Tick::STALL != 0 && out.stall_tick() {
                             worker.metrics.write_stalls.add(1);
@@ -366,39 +597,66 @@ impl<S: Stream> Session<S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let ws = this.ws.as_mut().expect("not done");
-            let buf = ws.read_buffer_mut();
-            if buf.capacity() == 0 {
-                *buf = worker.buffers.take();
-            }
-            match ws.poll_frame_in_place(cx) {
-                Poll::Ready(Ok(frame)) => {
+            let read = if this.take_buffer() {
+                let room = this.charged as usize * 1024;
+                let ws = this.ws.as_mut().expect("not done");
+                Some(ws.poll_frame_in_place_within(cx, room))
+            } else {
+                None
+            };
+            let waiting = match read {
+                Some(Poll::Ready(Ok(frame))) => {
                     budget -= 1;
                     if let Err(end) = this.on_frame(frame) {
                         return Poll::Ready(end);
                     }
+                    continue;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(e.into()),
-                // Nothing complete is buffered: every frame read so far has
-                // been echoed, so this is where drain and idle ticks act.
-                Poll::Pending => {
-                    if sessions.closing() || worker.shared.drain.is_draining() {
-                        return Poll::Ready(fail(1001, "server is draining"));
+                Some(Poll::Ready(Err(WebSocketError::NeedsRoom(frame_len)))) => {
+                    if this.grow(frame_len) {
+                        continue;
                     }
-                    let ticks = sessions.take_ticks(key);
-                    this.release_buffer(ticks & Tick::RECLAIM != 0);
-                    if ticks & Tick::IDLE != 0 {
-                        if let Err(end) = this.on_tick() {
-                            return Poll::Ready(end);
-                        }
-                        if this.out.is_some() {
-                            continue;
-                        }
-                    }
-                    sessions.park(key, cx);
-                    return Poll::Pending;
+                    true
+                }
+                Some(Poll::Ready(Err(e))) => return Poll::Ready(e.into()),
+                Some(Poll::Pending) => false,
+                None => true,
+            };
+            // Nothing complete is buffered (every frame read so far has been
+            // echoed), or the budget refused room to read more: this is
+            // where drain and the worker's ticks act.
+            if sessions.closing() || worker.shared.drain.is_draining() {
+                return Poll::Ready(fail(1001, "server is draining"));
+            }
+            this.track_partial(budget < FRAMES_PER_POLL);
+            let ticks = sessions.take_ticks(key);
+            if ticks & Tick::EVICT != 0 {
+                return Poll::Ready(this.evicted());
+            }
+            if waiting {
+                if ticks & Tick::RECLAIM != 0 {
+                    // Its buffer is not empty: nothing to give back now.
+                    this.flags.set(Flags::HOLDS, false);
+                }
+                this.wait_for_budget(cx);
+            } else {
+                if ticks & Tick::PROGRESS != 0
+                    && let Err(end) = this.check_progress()
+                {
+                    return Poll::Ready(end);
+                }
+                this.release_buffer(ticks & Tick::RECLAIM != 0);
+            }
+            if ticks & Tick::IDLE != 0 {
+                if let Err(end) = this.on_tick() {
+                    return Poll::Ready(end);
+                }
+                if this.out.is_some() {
+                    continue;
                 }
             }
+            sessions.park(key, cx);
+            return Poll::Pending;
         }
     }
 }

@@ -25,11 +25,13 @@ impl Standalone {
     /// ignored). `--max-connections` defaults to unlimited.
     pub fn new(config: Config) -> Self {
         let max_connections = config.max_connections.unwrap_or(usize::MAX);
+        let (buffered_share, _) = crate::server::buffered_share(&config, 1, None);
         let shared = Arc::new(Shared {
             config,
             metrics: Arc::new(Metrics::new(1, Backend::Epoll)),
             drain: Drain::default(),
             max_connections,
+            buffered_share,
         });
         Standalone {
             worker: Worker::standalone(shared),

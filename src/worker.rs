@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::budget::Budget;
 use crate::drain::Tick;
 use crate::handshakes::Handshakes;
 use crate::io::{self, Handler, Stream};
@@ -28,6 +29,8 @@ pub struct Worker {
     pub buffers: crate::buffers::BufferPool,
     /// Connections in their HTTP phase, oldest first.
     pub handshakes: crate::handshakes::Handshakes,
+    /// This worker's share of `--max-buffered-bytes`.
+    pub budget: Budget,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -115,6 +118,7 @@ impl Worker {
         Rc::new(Worker {
             metrics: shared.metrics.workers[0].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
+            budget: Budget::new(shared.buffered_share),
             shared,
             sessions: Default::default(),
             buffers: Default::default(),
@@ -133,6 +137,7 @@ pub(crate) fn run(
         let worker = Rc::new(Worker {
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
+            budget: Budget::new(shared.buffered_share),
             shared: shared.clone(),
             sessions: Default::default(),
             buffers: Default::default(),
@@ -156,10 +161,29 @@ pub(crate) fn run(
             }
         }
         let w = worker.clone();
+        let started = Instant::now();
         jobs.push((
             crate::buffers::RECLAIM_EVERY,
-            Box::new(move || w.sessions.reclaim()),
+            Box::new(move || {
+                w.sessions.reclaim();
+                let now = Instant::now();
+                let secs = now.duration_since(started).as_secs();
+                w.sessions
+                    .set_clock(u32::try_from(secs).unwrap_or(u32::MAX - 1) + 1);
+                if w.budget.tick(now) {
+                    w.sessions.evict_oldest_partial();
+                }
+                let held = w.budget.held() as u64;
+                w.metrics.buffered_bytes.store(held, Ordering::Relaxed);
+            }),
         ));
+        if shared.config.min_message_rate > 0 {
+            let w = worker.clone();
+            jobs.push((
+                crate::session::PROGRESS_EVERY,
+                Box::new(move || w.sessions.tick_partial(Tick::PROGRESS)),
+            ));
+        }
         let w = worker.clone();
         jobs.push((
             crate::memory::COLLECT_EVERY,

@@ -122,3 +122,53 @@ async fn peer_that_never_reads_is_closed_after_the_write_timeout() {
         server.shutdown().unwrap();
     }
 }
+
+/// `--min-message-rate` (1 KiB/s): a frame trickled at a byte a second is
+/// closed with 1008 once a whole 10-second window has passed in which it
+/// grew by less (within about 20 s), while a frame arriving at 4 KiB/s over
+/// as long is echoed intact. Both backends at once, since each takes ~20 s.
+#[tokio::test]
+async fn a_frame_arriving_slower_than_the_min_rate_is_closed_with_1008() {
+    let runs = BACKENDS.map(|io| async move {
+        let server = start(io, |c| c.min_message_rate = 1024);
+        let addr = server.local_addr();
+        let slow = raw_upgrade(addr, &[]).await;
+        let (mut slow_read, mut slow_write) = slow.into_split();
+        let big = masked(true, 2, &vec![7u8; 100 << 10]);
+        slow_write.write_all(&big[..2048]).await.unwrap();
+        let trickle = tokio::spawn(async move {
+            for byte in &big[2048..] {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if slow_write.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let steady = tokio::spawn(async move {
+            let payload: Vec<u8> = (0..60 << 10).map(|i| (i % 251) as u8).collect();
+            let frame = masked(true, 2, &payload);
+            let mut s = raw_upgrade(addr, &[]).await;
+            for chunk in frame.chunks(4 << 10) {
+                s.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            assert_eq!(read_frame(&mut s).await.payload, payload, "{io:?}");
+        });
+        let mut close = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(40), slow_read.read_exact(&mut close))
+            .await
+            .unwrap_or_else(|_| panic!("{io:?}: the trickled frame was not closed"))
+            .unwrap();
+        assert_eq!(close[0], 0x88, "{io:?}: a Close frame: {close:?}");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1008, "{io:?}");
+        steady.await.unwrap();
+        trickle.abort();
+        let (_, _, metrics) = http_get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("ringws_slow_messages_total 1\n"),
+            "{io:?}: {metrics}"
+        );
+        server.shutdown().unwrap();
+    });
+    futures_util::future::join_all(runs).await;
+}

@@ -36,6 +36,12 @@ pub enum WebSocketError {
   InvalidValue,
   #[error("Sec-WebSocket-Key header is missing")]
   MissingSecWebSocketKey,
+  /// ringws patch: the frame at the front of the read buffer is this many
+  /// bytes (header and payload), more than the room the caller allows its
+  /// read buffer ([`crate::WebSocket::poll_frame_in_place_within`]). Nothing
+  /// was consumed: give the buffer room and poll again.
+  #[error("Frame of {0} bytes needs more buffer room")]
+  NeedsRoom(usize),
   #[error(transparent)]
   IoError(#[from] std::io::Error),
   #[cfg(feature = "upgrade")]

@@ -596,13 +596,29 @@ impl<'f, S> WebSocket<S> {
   where
     S: AsyncRead + Unpin,
   {
+    self.poll_frame_in_place_within(cx, usize::MAX)
+  }
+
+  /// [`WebSocket::poll_frame_in_place`], with the read buffer never grown
+  /// for a frame longer than `room` bytes (ringws patch): such a frame
+  /// fails with [`WebSocketError::NeedsRoom`] and its length, as soon as its
+  /// header is buffered, with nothing consumed, so that the caller can find
+  /// the room (or wait for it) and poll again.
+  pub fn poll_frame_in_place_within(
+    &mut self,
+    cx: &mut std::task::Context<'_>,
+    room: usize,
+  ) -> std::task::Poll<Result<InPlace, WebSocketError>>
+  where
+    S: AsyncRead + Unpin,
+  {
     use std::future::Future;
     loop {
       // An empty buffer, the common case, costs no call.
       let head = if self.read_half.buffer.len() < 2 {
         None
       } else {
-        self.read_half.parse_head()?
+        self.read_half.parse_head(room)?
       };
       if let Some(head) = head {
         let frame_len = head.header_len + head.payload_len;
@@ -818,7 +834,7 @@ impl ReadHalf {
   fn try_parse_frame<'a>(
     &mut self,
   ) -> Result<Option<Frame<'a>>, WebSocketError> {
-    let Some(head) = self.parse_head()? else {
+    let Some(head) = self.parse_head(usize::MAX)? else {
       return Ok(None);
     };
     self.buffer.advance(head.header_len);
@@ -829,9 +845,10 @@ impl ReadHalf {
 
   /// The header of the first frame in the buffer if the whole frame is
   /// buffered (ringws patch: `try_parse_frame`'s checks, without consuming
-  /// anything); `Ok(None)` asks for more bytes.
+  /// anything); `Ok(None)` asks for more bytes. A frame longer than `room`
+  /// that is not wholly buffered is [`WebSocketError::NeedsRoom`].
   #[inline]
-  fn parse_head(&mut self) -> Result<Option<FrameHead>, WebSocketError> {
+  fn parse_head(&mut self, room: usize) -> Result<Option<FrameHead>, WebSocketError> {
     let buf = &self.buffer[..];
     if buf.len() < 2 {
       return Ok(None);
@@ -890,6 +907,9 @@ impl ReadHalf {
 
     let frame_len = header_len + payload_len;
     if buf.len() < frame_len {
+      if frame_len > room {
+        return Err(WebSocketError::NeedsRoom(frame_len));
+      }
       // Reserve a bit more to try to get next frame header and avoid a syscall to read it next time.
       // ringws patch: at most READ_AHEAD at a time, so the buffer grows with the
       // bytes that arrive, not with the length a peer announces (upstream

@@ -1,0 +1,195 @@
+//! One worker's share of `--max-buffered-bytes`: the bytes its sessions'
+//! read buffers may hold while they wait for the rest of a frame.
+//!
+//! A session is charged for its read buffer while it holds one: the
+//! worker's pooled buffer when bytes arrive ([`Budget::take`]), and, for a
+//! frame that does not fit it, a buffer of the frame's length, charged as
+//! soon as the frame's header says how long it is and before any of it is
+//! read past the pooled buffer ([`Budget::grow`]). So the bytes a worker
+//! holds in read buffers never exceed its share, however many peers stop
+//! halfway through a large frame, and a frame once granted always has room
+//! to complete.
+//!
+//! Large frames may take only the share less a reserve of an eighth, so that
+//! small messages keep flowing (a pooled buffer each) while large ones
+//! queue. A session refused waits ([`Budget::wait`]) without reading, so TCP
+//! pushes back on its peer; it is woken when bytes are released. If
+//! sessions keep being refused for [`EVICT_AFTER`], the worker closes the
+//! session whose incomplete frame is oldest, one per housekeeping tick
+//! ([`Budget::tick`] says when), until they are not.
+
+use std::cell::{Cell, RefCell};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// How long sessions must keep being refused before the oldest incomplete
+/// frame is closed to make room.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// One worker's budget of buffered bytes (single-threaded).
+#[derive(Debug)]
+pub struct Budget {
+    /// The worker's share of `--max-buffered-bytes`.
+    share: usize,
+    /// What large frames may take: `share` less the reserve.
+    large: usize,
+    held: Cell<usize>,
+    /// Sessions refused since they were last woken.
+    waiters: RefCell<Vec<Waker>>,
+    /// A request was refused since the last [`Budget::tick`].
+    refused: Cell<bool>,
+    /// Since when every tick has seen a refusal.
+    refused_since: Cell<Option<Instant>>,
+}
+
+impl Budget {
+    /// A budget of `share` bytes.
+    pub fn new(share: usize) -> Self {
+        Budget {
+            share,
+            large: share - share / 8,
+            held: Cell::new(0),
+            waiters: RefCell::default(),
+            refused: Cell::new(false),
+            refused_since: Cell::new(None),
+        }
+    }
+
+    /// The share a worker needs so that a frame of `frame` bytes can be
+    /// granted beside the reserve.
+    pub fn share_for_frame(frame: usize) -> usize {
+        frame.saturating_add(frame / 7).saturating_add(1)
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    /// Charges a pooled buffer of `bytes`, if the share allows.
+    pub fn take(&self, bytes: usize) -> bool {
+        self.charge(bytes, self.share)
+    }
+
+    /// Charges `bytes` more for a frame longer than a pooled buffer, if the
+    /// share less the reserve allows.
+    pub fn grow(&self, bytes: usize) -> bool {
+        self.charge(bytes, self.large)
+    }
+
+    /// Charges `bytes` whatever the share (bytes already read, such as
+    /// those read past the upgrade request).
+    pub fn force(&self, bytes: usize) {
+        self.held.set(self.held.get() + bytes);
+    }
+
+    fn charge(&self, bytes: usize, limit: usize) -> bool {
+        let held = self.held.get() + bytes;
+        if held > limit {
+            self.refused.set(true);
+            return false;
+        }
+        self.held.set(held);
+        true
+    }
+
+    /// Releases `bytes` and wakes the sessions waiting, which try again in
+    /// the order they were refused.
+    pub fn release(&self, bytes: usize) {
+        self.held.set(self.held.get() - bytes);
+        if bytes == 0 {
+            return;
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        if !waiters.is_empty() {
+            // Woken outside the borrow, in case waking polls.
+            let woken = std::mem::take(&mut *waiters);
+            drop(waiters);
+            woken.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Registers a session that was refused, to be woken on a release.
+    pub fn wait(&self, waker: &Waker) {
+        self.waiters.borrow_mut().push(waker.clone());
+    }
+
+    /// Called on every housekeeping tick: true when, on every tick for
+    /// [`EVICT_AFTER`], a session was refused or still waits, and one
+    /// session should be closed to make room.
+    pub fn tick(&self, now: Instant) -> bool {
+        // A session still waiting was refused and has not been let in since.
+        let refused = self.refused.replace(false) || !self.waiters.borrow().is_empty();
+        if !refused {
+            self.refused_since.set(None);
+            return false;
+        }
+        let since = *self.refused_since.get().get_or_insert(now);
+        self.refused_since.set(Some(since));
+        now.duration_since(since) >= EVICT_AFTER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn large_frames_leave_the_reserve_to_pooled_buffers() {
+        let budget = Budget::new(80);
+        assert!(budget.grow(70));
+        assert!(!budget.grow(1), "an eighth is kept back from large frames");
+        assert!(budget.take(10));
+        assert!(!budget.take(1), "the share is spent");
+        assert_eq!(budget.held(), 80);
+        budget.force(5);
+        assert_eq!(budget.held(), 85);
+        budget.release(85);
+        assert_eq!(budget.held(), 0);
+        let frame = 1000;
+        let budget = Budget::new(Budget::share_for_frame(frame));
+        assert!(budget.grow(frame), "the share holds one such frame");
+    }
+
+    #[test]
+    fn waiters_are_woken_by_a_release() {
+        let budget = Budget::new(10);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        assert!(budget.take(10));
+        assert!(!budget.take(1));
+        budget.wait(&waker);
+        budget.wait(&waker);
+        budget.release(5);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        budget.release(5);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "woken once");
+    }
+
+    #[test]
+    fn eviction_is_due_after_refusals_on_every_tick() {
+        let budget = Budget::new(10);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!budget.tick(at(0)), "nothing refused");
+        assert!(!budget.take(11));
+        assert!(!budget.tick(at(100)));
+        assert!(!budget.take(11));
+        assert!(!budget.tick(at(600)));
+        assert!(!budget.take(11));
+        assert!(budget.tick(at(1100)), "refused for a whole second");
+        assert!(!budget.tick(at(1200)), "a tick without refusals resets");
+        assert!(!budget.take(11));
+        assert!(!budget.tick(at(1300)));
+    }
+}
