@@ -133,16 +133,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::testing::WakeCount;
 
     #[test]
     fn large_frames_leave_the_reserve_to_pooled_buffers() {
@@ -164,16 +155,15 @@ mod tests {
     #[test]
     fn waiters_are_woken_by_a_release() {
         let budget = Budget::new(10);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         assert!(budget.take(10));
         assert!(!budget.take(1));
         budget.wait(&waker);
         budget.wait(&waker);
         budget.release(5);
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
         budget.release(5);
-        assert_eq!(count.0.load(Ordering::SeqCst), 2, "woken once");
+        assert_eq!(count.get(), 2, "woken once");
     }
 
     #[test]

@@ -301,32 +301,18 @@ impl LocalSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::testing::WakeCount;
 
     #[test]
     fn ticks_reach_parked_sessions_once() {
         let sessions = LocalSessions::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let a = sessions.enter();
         let b = sessions.enter();
         sessions.park(a, &Context::from_waker(&waker));
         sessions.tick_all(Tick::IDLE);
         sessions.tick_all(Tick::STALL);
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            2,
-            "only parked sessions are woken"
-        );
+        assert_eq!(count.get(), 2, "only parked sessions are woken");
         assert_eq!(sessions.take_ticks(a), Tick::IDLE | Tick::STALL);
         assert_eq!(sessions.take_ticks(a), 0);
         assert_eq!(sessions.take_ticks(b), Tick::IDLE | Tick::STALL);
@@ -338,8 +324,7 @@ mod tests {
     #[test]
     fn holders_are_bounded_and_reclaimed_once() {
         let sessions = LocalSessions::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let keys: Vec<usize> = (0..HOLDERS_MAX + 1).map(|_| sessions.enter()).collect();
         for &key in &keys[..HOLDERS_MAX] {
             sessions.park(key, &Context::from_waker(&waker));
@@ -348,19 +333,18 @@ mod tests {
         assert!(!sessions.try_hold(keys[HOLDERS_MAX]), "bounded");
         sessions.leave(keys[0]);
         sessions.reclaim();
-        assert_eq!(count.0.load(Ordering::SeqCst), HOLDERS_MAX - 1);
+        assert_eq!(count.get(), HOLDERS_MAX - 1);
         assert_eq!(sessions.take_ticks(keys[1]), Tick::RECLAIM);
         assert_eq!(sessions.take_ticks(keys[HOLDERS_MAX]), 0);
         sessions.reclaim();
-        assert_eq!(count.0.load(Ordering::SeqCst), HOLDERS_MAX - 1, "once");
+        assert_eq!(count.get(), HOLDERS_MAX - 1, "once");
         assert!(sessions.try_hold(keys[HOLDERS_MAX]), "room again");
     }
 
     #[test]
     fn the_oldest_incomplete_frame_is_evicted_first_and_once() {
         let sessions = LocalSessions::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let keys: Vec<usize> = (0..4).map(|_| sessions.enter()).collect();
         for &key in &keys {
             sessions.park(key, &Context::from_waker(&waker));
@@ -387,14 +371,13 @@ mod tests {
             "then waiters"
         );
         assert!(!sessions.evict_oldest_partial(), "the last buffers nothing");
-        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        assert_eq!(count.get(), 3);
     }
 
     #[test]
     fn progress_ticks_reach_only_sessions_reading_an_incomplete_frame() {
         let sessions = LocalSessions::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let keys: Vec<usize> = (0..3).map(|_| sessions.enter()).collect();
         for &key in &keys {
             sessions.park(key, &Context::from_waker(&waker));
@@ -408,7 +391,7 @@ mod tests {
         assert_eq!(sessions.take_ticks(keys[0]), Tick::PROGRESS);
         assert_eq!(sessions.take_ticks(keys[1]), 0, "waiting: not read");
         assert_eq!(sessions.take_ticks(keys[2]), 0, "nothing buffered");
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         sessions.set_partial(keys[0], 9);
         assert_eq!(
             sessions.progress(keys[0]),

@@ -153,22 +153,12 @@ impl Handshakes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::testing::WakeCount;
 
     #[test]
     fn the_oldest_is_evicted_at_the_limit() {
         let list = Handshakes::new(3);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let cx = Context::from_waker(&waker);
         let keys: Vec<usize> = (0..3).map(|_| list.enter().0).collect();
         for &k in &keys {
@@ -182,7 +172,7 @@ mod tests {
         assert!(evicted);
         assert!(list.evicted(keys[0], &cx), "the oldest went first");
         assert!(!list.evicted(keys[2], &cx));
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "and was woken");
+        assert_eq!(count.get(), 1, "and was woken");
         assert_eq!(list.pending(), 3);
         let (_, evicted) = list.enter();
         assert!(evicted);

@@ -110,18 +110,14 @@ async fn phase<S: Stream>(mut io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> 
     match read_head(&mut io, &worker).await {
         Ok(head) => Box::pin(respond(Replay { head, io }, worker)).await,
         Err(Head::Closed) => None,
-        Err(Head::TooLarge) => {
-            let m = &worker.metrics;
-            m.handshake_failed(HandshakeFailure::HeaderTooLarge);
-            tracing::debug!("request head over --max-request-header-size: 431");
-            refuse(io, TOO_LARGE).await;
-            None
-        }
-        Err(Head::TooManyLines) => {
-            let m = &worker.metrics;
-            m.handshake_failed(HandshakeFailure::TooManyHeaders);
-            tracing::debug!("more than {MAX_HEADERS} header lines: 431");
-            refuse(io, TOO_MANY).await;
+        Err(refused) => {
+            let (failure, answer) = match refused {
+                Head::TooManyLines => (HandshakeFailure::TooManyHeaders, TOO_MANY),
+                _ => (HandshakeFailure::HeaderTooLarge, TOO_LARGE),
+            };
+            worker.metrics.handshake_failed(failure);
+            tracing::debug!(reason = failure.label(), "request head refused: 431");
+            refuse(io, answer).await;
             None
         }
     }

@@ -49,6 +49,9 @@ pub mod upgrade;
 pub mod utf8;
 mod worker;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::{Config, IoMode};
 pub use io::Backend;
 pub use server::{DrainHandle, Error, RunningServer, Server};

@@ -219,25 +219,15 @@ pub async fn timeout<F: Future>(duration: Duration, f: F) -> Option<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
+    use crate::testing::WakeCount;
 
     use super::*;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn local_timers_fire_in_deadline_order_and_cancel_on_drop() {
         let timers = Rc::new(Timers::default());
         let _entered = timers.enter();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::new();
         let mut cx = Context::from_waker(&waker);
         let start = Instant::now();
         let mut a = sleep_until(start + Duration::from_secs(10));
@@ -257,7 +247,7 @@ mod tests {
         drop(b);
         assert_eq!(timers.len(), 2);
         assert_eq!(timers.fire(start + Duration::from_secs(15)), 1);
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(count.get(), 1);
         assert_eq!(
             timers.next_deadline(),
             Some(start + Duration::from_secs(30))

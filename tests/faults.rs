@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::probe::raise_fd_limit;
 use common::process::Launch;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,22 +20,6 @@ use tokio::sync::{Barrier, Semaphore};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// Raises this process's soft open-file limit to the hard limit (the tests
-/// below hold a few thousand client sockets).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a stack struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// The value of a metric line `name VALUE` in a /metrics scrape.
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -63,22 +48,6 @@ async fn wait_no_sessions(addr: SocketAddr, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Bytes for message `k` of session `i`: a pattern that differs per
-/// session and message, so a byte from the wrong place shows.
-fn pattern(i: usize, k: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| (i.wrapping_mul(31) ^ k.wrapping_mul(7) ^ j) as u8)
-        .collect()
-}
-
-/// Sends one masked binary message and checks its echo byte for byte.
-async fn echo_once(s: &mut TcpStream, payload: &[u8], what: &str) {
-    s.write_all(&masked(true, 2, payload)).await.unwrap();
-    let f = read_frame(s).await;
-    assert_eq!((f.fin, f.opcode), (true, 2), "{what}");
-    assert!(f.payload == payload, "{what}: echo differs");
 }
 
 /// Reads until the server closes TCP (EOF or reset); true if it did within

@@ -3,6 +3,7 @@
 //! connect with an independent client library.
 #![allow(dead_code)]
 
+pub mod probe;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -188,4 +189,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head[9..12].parse().unwrap();
     (status, head.to_owned(), body.to_owned())
+}
+
+/// Bytes for message `k` of session `i`: a pattern that differs per
+/// session and message, so a byte from the wrong place shows.
+pub fn pattern(i: usize, k: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| (i.wrapping_mul(31) ^ k.wrapping_mul(7) ^ j) as u8)
+        .collect()
+}
+
+/// Sends one masked binary message and checks its echo byte for byte.
+pub async fn echo_once(s: &mut TcpStream, payload: &[u8], what: &str) {
+    s.write_all(&masked(true, 2, payload)).await.unwrap();
+    let f = read_frame(s).await;
+    assert_eq!((f.fin, f.opcode), (true, 2), "{what}");
+    assert!(f.payload == payload, "{what}: echo differs");
 }

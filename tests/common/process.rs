@@ -14,18 +14,22 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How to start the binary: always on 127.0.0.1 port 0 with two workers,
-/// stdin and stdout closed, stderr collected, `PORT` and
-/// `MIMALLOC_ALLOW_THP` removed from the environment.
+/// How to start the binary: always on 127.0.0.1 port 0 with two workers
+/// (unless [`Launch::workers`] says otherwise), stdin and stdout closed,
+/// stderr collected, `PORT` and `MIMALLOC_ALLOW_THP` removed from the
+/// environment.
 pub struct Launch<'a> {
     args: &'a [&'a str],
     env: Vec<(&'a str, &'a str)>,
     nofile: Option<u64>,
     forbid_io_uring: bool,
+    workers: usize,
 }
 
 impl<'a> Launch<'a> {
-    /// `args` come after `--bind 127.0.0.1 --port 0 --workers 2`; `--log
+    /// `args` come after `--bind 127.0.0.1 --port 0 --workers 2` (or the
+    /// count given to [`Launch::workers`]: `args` must not repeat
+    /// `--workers`, which clap refuses); `--log
     /// info` is added unless `args` has a `--log` (whose filter must keep
     /// the "listening" line for [`Launch::start`]).
     pub fn new(args: &'a [&'a str]) -> Self {
@@ -34,7 +38,14 @@ impl<'a> Launch<'a> {
             env: Vec::new(),
             nofile: None,
             forbid_io_uring: false,
+            workers: 2,
         }
+    }
+
+    /// Runs `n` workers instead of two.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
     }
 
     /// Sets an environment variable of the child.
@@ -60,7 +71,8 @@ impl<'a> Launch<'a> {
     /// The command, not started (for `.output()` on a run that must fail).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringws"));
-        cmd.args(["--bind", "127.0.0.1", "--port", "0", "--workers", "2"]);
+        cmd.args(["--bind", "127.0.0.1", "--port", "0", "--workers"])
+            .arg(self.workers.to_string());
         if !self.args.contains(&"--log") {
             cmd.args(["--log", "info"]);
         }
