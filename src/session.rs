@@ -503,6 +503,16 @@ impl<S: Stream> Session<S> {
         fail(1013, "server read buffers are full: try again later")
     }
 
+    /// Any byte received counts as hearing from the peer (the idle check), not
+    /// only a whole frame: a large frame still arriving is not idle. (A frame
+    /// that arrives too slowly is `--min-message-rate`'s to close.)
+    fn note_received(&mut self, buffered: usize) {
+        let ws = self.ws.as_mut().expect("not done");
+        if ws.read_buffer_mut().len() > buffered {
+            self.flags.set(Flags::HEARD, true);
+        }
+    }
+
     /// An idle tick arrived: quiet peers get a Ping, then a Close.
     fn on_tick(&mut self) -> Result<(), End> {
         if self.flags.take(Flags::HEARD) {
@@ -597,9 +607,11 @@ impl<S: Stream> Session<S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
+            let mut buffered = 0;
             let read = if this.take_buffer() {
                 let room = this.charged as usize * 1024;
                 let ws = this.ws.as_mut().expect("not done");
+                buffered = ws.read_buffer_mut().len();
                 Some(ws.poll_frame_in_place_within(cx, room))
             } else {
                 None
@@ -613,13 +625,17 @@ impl<S: Stream> Session<S> {
                     continue;
                 }
                 Some(Poll::Ready(Err(WebSocketError::NeedsRoom(frame_len)))) => {
+                    this.note_received(buffered);
                     if this.grow(frame_len) {
                         continue;
                     }
                     true
                 }
                 Some(Poll::Ready(Err(e))) => return Poll::Ready(e.into()),
-                Some(Poll::Pending) => false,
+                Some(Poll::Pending) => {
+                    this.note_received(buffered);
+                    false
+                }
                 None => true,
             };
             // Nothing complete is buffered (every frame read so far has been

@@ -172,3 +172,28 @@ async fn a_frame_arriving_slower_than_the_min_rate_is_closed_with_1008() {
     });
     futures_util::future::join_all(runs).await;
 }
+
+/// A large message that arrives slowly is not idle: any byte received counts
+/// as hearing from the peer. A 4 MiB message trickled over three and a half
+/// `--idle-timeout` periods (1 s) is echoed intact, with no Ping before it
+/// and no Close 1001. Both backends at once.
+#[tokio::test]
+async fn a_large_message_arriving_over_several_idle_periods_is_echoed() {
+    let runs = BACKENDS.map(|io| async move {
+        let server = start(io, |c| c.idle_timeout = Duration::from_secs(1));
+        let addr = server.local_addr();
+        let payload: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
+        let frame = masked(true, 2, &payload);
+        let mut s = raw_upgrade(addr, &[]).await;
+        let chunks = 35;
+        for chunk in frame.chunks(frame.len().div_ceil(chunks)) {
+            s.write_all(chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let echo = read_frame(&mut s).await;
+        assert_eq!((echo.fin, echo.opcode), (true, 2), "{io:?}: not the echo");
+        assert!(echo.payload == payload, "{io:?}: echo differs");
+        server.shutdown().unwrap();
+    });
+    futures_util::future::join_all(runs).await;
+}
