@@ -93,7 +93,8 @@ pub struct Config {
     #[arg(long, env = "RINGWS_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
     pub max_pending_handshakes: usize,
 
-    /// Time a session may take to answer our Close frame before TCP is closed.
+    /// Time a session may take to answer our Close frame before TCP is closed;
+    /// on drain, also how long a session may wait on a peer that does not read.
     #[arg(long, env = "RINGWS_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub close_timeout: Duration,
 

@@ -114,6 +114,9 @@ impl Tick {
     /// Check that the incomplete frame buffered makes progress
     /// (`--min-message-rate`).
     pub const PROGRESS: u8 = 16;
+    /// The drain began `--close-timeout` ago: a session still waiting for
+    /// its peer to read a reply gives up (no Close frame could get through).
+    pub const ABANDON: u8 = 32;
 }
 
 impl LocalSessions {

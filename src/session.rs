@@ -595,6 +595,12 @@ impl<S: Stream> Session<S> {
                             worker.metrics.write_stalls.add(1);
                             return Poll::Ready(End::Gone);
                         }
+                        if ticks & Tick::ABANDON != 0 {
+                            // Draining, and the peer has not read for a
+                            // whole --close-timeout: it would not read our
+                            // Close either.
+                            return Poll::Ready(End::Gone);
+                        }
                         sessions.park(key, cx);
                         return Poll::Pending;
                     }

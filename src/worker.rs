@@ -199,6 +199,16 @@ pub(crate) fn run(
         }
         let open = worker.sessions.open();
         tracing::debug!(worker = id, open, "draining");
+        // A session whose reply waits on a peer that does not read cannot
+        // close by itself (with --write-timeout 0s nothing else ends it):
+        // after --close-timeout it is abandoned, so that one such peer does
+        // not hold the drain to --drain-timeout.
+        let w = worker.clone();
+        let close_timeout = shared.config.close_timeout;
+        runtime.spawn(async move {
+            crate::timer::sleep(close_timeout).await;
+            w.sessions.tick_all(Tick::ABANDON);
+        });
         let timeout = shared.config.drain_timeout;
         if crate::timer::timeout(timeout, worker.sessions.close_all())
             .await

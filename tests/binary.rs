@@ -164,3 +164,51 @@ async fn huge_pages_are_off_unless_mimalloc_is_told_otherwise() {
         assert!(server.wait(Duration::from_secs(10)).success());
     }
 }
+
+/// Drain is bounded by `--close-timeout` even with `--write-timeout 0s`: a
+/// session whose reply waits on a peer that never reads is abandoned that
+/// long after the drain starts, instead of holding the worker's drain (and
+/// the pod's shutdown) to `--drain-timeout` (30 s here). The process exits 0
+/// long before that; a well-behaved client still gets Close 1001.
+#[tokio::test]
+async fn a_peer_that_never_reads_does_not_hold_the_drain() {
+    for io in ["uring", "epoll"] {
+        let args = [
+            "--io",
+            io,
+            "--write-timeout",
+            "0s",
+            "--close-timeout",
+            "1s",
+            "--drain-timeout",
+            "30s",
+        ];
+        let mut server = Launch::new(&args).start();
+        let addr = server.addr;
+        let mut good = raw_upgrade(addr, &masked(true, 1, b"hello")).await;
+        assert_eq!(read_frame(&mut good).await.payload, b"hello");
+        // Sends 64 KiB messages and never reads their echoes: the server's
+        // write to it blocks, and with it the session.
+        let hog = raw_upgrade(addr, &[]).await;
+        let (_hog_read, mut hog_write) = hog.into_split();
+        let frame = masked(true, 2, &vec![3u8; 64 << 10]);
+        let sender =
+            tokio::spawn(async move { while hog_write.write_all(&frame).await.is_ok() {} });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = Instant::now();
+        server.signal(libc::SIGTERM);
+        let f = read_frame(&mut good).await;
+        assert_eq!(f.close_code(), Some(1001), "{io}: {f:?}");
+        good.write_all(&masked(true, 8, &1001u16.to_be_bytes()))
+            .await
+            .unwrap();
+        let status = server.wait(Duration::from_secs(20));
+        let took = started.elapsed();
+        assert!(status.success(), "{io}: exit {status:?}\n{}", server.log());
+        assert!(
+            took < Duration::from_secs(20),
+            "{io}: the drain took {took:?}, as if held to --drain-timeout"
+        );
+        sender.abort();
+    }
+}
