@@ -16,7 +16,15 @@
 //!
 //! Failures are answered with a Close frame before TCP is closed: 1002 for
 //! protocol errors, 1007 for invalid UTF-8, 1009 for oversize messages,
-//! 1001 when the server drains or the peer stopped answering pings.
+//! 1001 when the server drains or the peer stopped answering pings, 1013
+//! when the worker's budget of buffered bytes stays spent and this session's
+//! incomplete frame is the oldest, 1008 for a frame arriving slower than
+//! `--min-message-rate`.
+//!
+//! The read buffer is charged to the worker's share of
+//! `--max-buffered-bytes` while the session holds it, and a frame longer
+//! than the buffer is charged whole before the buffer grows for it
+//! (`crate::budget`); a session refused waits unread.
 //!
 //! The echo loop is a hand-written future ([`Echo`]) rather than an `async`
 //! loop, because its size is most of what an idle connection costs: it holds
