@@ -22,6 +22,8 @@ use std::cell::{Cell, RefCell};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
+
 /// How long sessions must keep being refused before the oldest incomplete
 /// frame is closed to make room.
 pub const EVICT_AFTER: Duration = Duration::from_secs(1);
@@ -128,6 +130,45 @@ impl Budget {
         self.refused_since.set(Some(since));
         now.duration_since(since) >= EVICT_AFTER
     }
+}
+
+/// `--max-buffered-bytes` when it is not set: a quarter of the cgroup's
+/// memory limit (64 MiB in a pod limited to 256 MiB, leaving the rest to
+/// sessions, pools and the runtime), or this without a limit.
+const BUFFERED_WITHOUT_LIMIT: u64 = 256 << 20;
+
+/// Each worker's share of `--max-buffered-bytes` (its default taken from
+/// `cgroup_limit`), and a warning if the share had to be raised to hold one
+/// frame of `--max-message-size` beside the budget's reserve (else such a
+/// frame could never be read).
+pub fn buffered_share(
+    config: &Config,
+    workers: usize,
+    cgroup_limit: Option<u64>,
+) -> (usize, Option<String>) {
+    let total = config
+        .max_buffered_bytes
+        .or(cgroup_limit.map(|limit| limit / 4))
+        .unwrap_or(BUFFERED_WITHOUT_LIMIT);
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
+    let share = total / workers.max(1);
+    // The largest charge a session asks for: a whole largest frame (payload
+    // and a 14-byte header) and the next frame's header, in KiB.
+    let frame = config
+        .max_message_size
+        .saturating_add(28)
+        .div_ceil(1024)
+        .saturating_mul(1024);
+    let least = Budget::share_for_frame(frame);
+    if share >= least {
+        return (share, None);
+    }
+    let warning = format!(
+        "--max-buffered-bytes {total} over {workers} worker(s) leaves less than one \
+         --max-message-size frame per worker: using {least} bytes per worker \
+         (lower --max-message-size or raise --max-buffered-bytes)"
+    );
+    (least, Some(warning))
 }
 
 #[cfg(test)]

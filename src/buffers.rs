@@ -7,7 +7,7 @@
 //! never allocates, and memory scales with the sessions active at once, not
 //! with the sessions open. (A bounded number of busy sessions may keep an
 //! empty buffer between messages until the next [`RECLAIM_EVERY`] tick:
-//! `drain::LocalSessions::try_hold`.)
+//! `sessions::LocalSessions::try_hold`.)
 //!
 //! What a burst left in the pool is freed once it has gone unused for a
 //! whole [`BufferPool::trim`] period.

@@ -40,10 +40,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::context::{SessionSlot, Worker};
 use crate::io::Stream;
 use crate::metrics::{self, HandshakeFailure};
 use crate::upgrade::{self, Rejection};
-use crate::worker::{SessionSlot, Worker};
 
 type Body = Full<Bytes>;
 

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`config`] | the one configuration struct (flags with env fallbacks) |
 //! | [`server`] | backend choice, listeners, worker threads, start and stop |
+//! | `context` | what a worker's connections share: process-wide state, the worker's own, a session's slot |
 //! | `listener` | one SO_REUSEPORT listener per worker |
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
 //! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
@@ -16,7 +17,8 @@
 //! | `session` | the echo loop on fastwebsockets; never knows the backend |
 //! | [`utf8`] | incremental UTF-8 validation across fragments |
 //! | [`metrics`] | per-worker counters summed on scrape |
-//! | [`drain`] | drain phases and signals |
+//! | [`drain`] | the drain switch and its phases |
+//! | `sessions` | a worker's table of open sessions and the ticks delivered through it |
 //! | [`timer`] | timers on either backend: the epoll loop's own, or tokio's |
 //! | [`memory`] | huge pages off, and returning freed memory to the OS on quiet workers |
 //!
@@ -33,6 +35,7 @@
 mod budget;
 mod buffers;
 pub mod config;
+mod context;
 pub mod drain;
 mod handshakes;
 mod http;
@@ -42,6 +45,7 @@ pub mod memory;
 pub mod metrics;
 pub mod server;
 mod session;
+mod sessions;
 pub mod standalone;
 mod ticker;
 pub mod timer;

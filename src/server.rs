@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::budget::buffered_share;
 use crate::config::{Config, IoMode};
+use crate::context::Shared;
 use crate::drain::Drain;
 use crate::io::{Backend, Choice, UringUnavailable};
 use crate::metrics::Metrics;
@@ -22,60 +24,6 @@ const FD_RESERVE: usize = 64;
 /// timerfd), four on epoll (listener, epoll instance, eventfd, timerfd), as
 /// counted in `/proc/PID/fd` with 1, 2 and 4 workers; the larger plus one.
 const FD_RESERVE_PER_WORKER: usize = 8;
-
-/// State shared by all workers.
-#[derive(Debug)]
-pub struct Shared {
-    /// The configuration the server was started with.
-    pub config: Config,
-    /// Counters and gauges.
-    pub metrics: Arc<Metrics>,
-    /// The drain switch.
-    pub drain: Drain,
-    /// Effective `--max-connections`.
-    pub max_connections: usize,
-    /// Each worker's share of `--max-buffered-bytes` ([`buffered_share`]).
-    pub buffered_share: usize,
-}
-
-/// `--max-buffered-bytes` when it is not set: a quarter of the cgroup's
-/// memory limit (64 MiB in a pod limited to 256 MiB, leaving the rest to
-/// sessions, pools and the runtime), or this without a limit.
-const BUFFERED_WITHOUT_LIMIT: u64 = 256 << 20;
-
-/// Each worker's share of `--max-buffered-bytes` (its default taken from
-/// `cgroup_limit`), and a warning if the share had to be raised to hold one
-/// frame of `--max-message-size` beside the budget's reserve (else such a
-/// frame could never be read).
-pub fn buffered_share(
-    config: &Config,
-    workers: usize,
-    cgroup_limit: Option<u64>,
-) -> (usize, Option<String>) {
-    let total = config
-        .max_buffered_bytes
-        .or(cgroup_limit.map(|limit| limit / 4))
-        .unwrap_or(BUFFERED_WITHOUT_LIMIT);
-    let total = usize::try_from(total).unwrap_or(usize::MAX);
-    let share = total / workers.max(1);
-    // The largest charge a session asks for: a whole largest frame (payload
-    // and a 14-byte header) and the next frame's header, in KiB.
-    let frame = config
-        .max_message_size
-        .saturating_add(28)
-        .div_ceil(1024)
-        .saturating_mul(1024);
-    let least = crate::budget::Budget::share_for_frame(frame);
-    if share >= least {
-        return (share, None);
-    }
-    let warning = format!(
-        "--max-buffered-bytes {total} over {workers} worker(s) leaves less than one \
-         --max-message-size frame per worker: using {least} bytes per worker \
-         (lower --max-message-size or raise --max-buffered-bytes)"
-    );
-    (least, Some(warning))
-}
 
 /// Why the server could not start.
 #[derive(Debug)]

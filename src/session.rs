@@ -29,7 +29,7 @@
 //! The echo loop is a hand-written future ([`Echo`]) rather than an `async`
 //! loop, because its size is most of what an idle connection costs: it holds
 //! the codec, at most one outgoing frame and a few flags, and no read future,
-//! timer or notification (see `drain::LocalSessions`).
+//! timer or notification (see `sessions::LocalSessions`).
 //!
 //! This module never knows which I/O backend it runs on.
 
@@ -44,11 +44,11 @@ use std::time::Duration;
 use fastwebsockets::{CloseCode, Frame, InPlace, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::drain::Tick;
+use crate::sessions::Tick;
 
+use crate::context::{SessionSlot, Worker};
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
-use crate::worker::{SessionSlot, Worker};
 
 /// How an echo loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -833,57 +833,6 @@ mod tests {
             peer_close(&[0x03, 0xe8, 0xff]),
             fail(1007, "close reason is not valid UTF-8")
         );
-    }
-}
-
-#[cfg(test)]
-mod buffer_tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A busy session keeps its empty read buffer between messages, and
-    /// gives it back to the pool when the worker reclaims it.
-    #[test]
-    fn held_buffer_returns_to_the_pool_on_reclaim() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
-            let standalone = crate::standalone::Standalone::new(Default::default());
-            let worker = standalone.worker().clone();
-            let (mut client, server) = tokio::io::duplex(4096);
-            tokio::task::spawn_local(async move { standalone.serve(server).await });
-            client
-                .write_all(
-                    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
-                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                      Sec-WebSocket-Version: 13\r\n\r\n",
-                )
-                .await
-                .unwrap();
-            let mut response = Vec::new();
-            while !response.ends_with(b"\r\n\r\n") {
-                response.push(client.read_u8().await.unwrap());
-            }
-            assert!(response.starts_with(b"HTTP/1.1 101"));
-            for round in 0..3 {
-                let mask = [1, 2, 3, 4];
-                let mut frame = vec![0x82, 0x80 | 5];
-                frame.extend_from_slice(&mask);
-                frame.extend(b"hello".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-                client.write_all(&frame).await.unwrap();
-                let mut echo = [0u8; 7];
-                client.read_exact(&mut echo).await.unwrap();
-                assert_eq!(&echo, b"\x82\x05hello");
-                // Let the session reach its next read, which would block.
-                tokio::task::yield_now().await;
-                assert_eq!(worker.buffers.pooled(), 0, "round {round}: kept");
-            }
-            worker.sessions.reclaim();
-            tokio::task::yield_now().await;
-            assert_eq!(worker.buffers.pooled(), 1, "given back");
-        });
     }
 }
 

@@ -9,11 +9,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::context::{Shared, Worker};
 use crate::drain::Drain;
 use crate::io::{Backend, Stream};
 use crate::metrics::Metrics;
-use crate::server::Shared;
-use crate::worker::{self, Worker};
+use crate::worker;
 
 /// One worker's context, detached from any server.
 pub struct Standalone {
@@ -25,7 +25,7 @@ impl Standalone {
     /// ignored). `--max-connections` defaults to unlimited.
     pub fn new(config: Config) -> Self {
         let max_connections = config.max_connections.unwrap_or(usize::MAX);
-        let (buffered_share, _) = crate::server::buffered_share(&config, 1, None);
+        let (buffered_share, _) = crate::budget::buffered_share(&config, 1, None);
         let shared = Arc::new(Shared {
             config,
             metrics: Arc::new(Metrics::new(1, Backend::Epoll)),
@@ -34,7 +34,7 @@ impl Standalone {
             buffered_share,
         });
         Standalone {
-            worker: Worker::standalone(shared),
+            worker: Worker::new(shared, 0),
         }
     }
 
@@ -55,5 +55,56 @@ impl Standalone {
     /// The counters of this context.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.worker.shared.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A busy session keeps its empty read buffer between messages, and
+    /// gives it back to the pool when the worker reclaims it.
+    #[test]
+    fn held_buffer_returns_to_the_pool_on_reclaim() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let standalone = super::Standalone::new(Default::default());
+            let worker = standalone.worker().clone();
+            let (mut client, server) = tokio::io::duplex(4096);
+            tokio::task::spawn_local(async move { standalone.serve(server).await });
+            client
+                .write_all(
+                    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                      Sec-WebSocket-Version: 13\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            while !response.ends_with(b"\r\n\r\n") {
+                response.push(client.read_u8().await.unwrap());
+            }
+            assert!(response.starts_with(b"HTTP/1.1 101"));
+            for round in 0..3 {
+                let mask = [1, 2, 3, 4];
+                let mut frame = vec![0x82, 0x80 | 5];
+                frame.extend_from_slice(&mask);
+                frame.extend(b"hello".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+                client.write_all(&frame).await.unwrap();
+                let mut echo = [0u8; 7];
+                client.read_exact(&mut echo).await.unwrap();
+                assert_eq!(&echo, b"\x82\x05hello");
+                // Let the session reach its next read, which would block.
+                tokio::task::yield_now().await;
+                assert_eq!(worker.buffers.pooled(), 0, "round {round}: kept");
+            }
+            worker.sessions.reclaim();
+            tokio::task::yield_now().await;
+            assert_eq!(worker.buffers.pooled(), 1, "given back");
+        });
     }
 }

@@ -7,69 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::budget::Budget;
-use crate::drain::Tick;
-use crate::handshakes::Handshakes;
+use crate::context::{Shared, Worker};
 use crate::io::{self, Handler, Stream};
-use crate::metrics::WorkerMetrics;
-use crate::server::Shared;
+use crate::sessions::Tick;
 use crate::ticker::Ticker;
 use crate::{http, session};
-
-/// State a worker's connections share (never crosses threads).
-#[derive(Debug)]
-pub struct Worker {
-    /// Process-wide state.
-    pub shared: Arc<Shared>,
-    /// This worker's counters (this thread is their only writer).
-    pub metrics: Arc<WorkerMetrics>,
-    /// This worker's open sessions.
-    pub sessions: crate::drain::LocalSessions,
-    /// Read buffers lent to sessions while they have bytes to parse.
-    pub buffers: crate::buffers::BufferPool,
-    /// Connections in their HTTP phase, oldest first.
-    pub handshakes: crate::handshakes::Handshakes,
-    /// This worker's share of `--max-buffered-bytes`.
-    pub budget: Budget,
-}
-
-/// A session's place in `--max-connections` and in its worker's table;
-/// released when dropped, however the session ends.
-#[derive(Debug)]
-pub struct SessionSlot {
-    worker: Rc<Worker>,
-    key: usize,
-}
-
-impl SessionSlot {
-    /// Takes a place whose global count the caller has already incremented.
-    pub(crate) fn new(worker: Rc<Worker>) -> Self {
-        let key = worker.sessions.enter();
-        worker.metrics.sessions.add(1);
-        SessionSlot { worker, key }
-    }
-
-    /// The session's key in its worker's [`LocalSessions`](crate::drain::LocalSessions).
-    pub fn key(&self) -> usize {
-        self.key
-    }
-
-    /// The worker the session runs on.
-    pub fn worker(&self) -> &Rc<Worker> {
-        &self.worker
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let w = &self.worker;
-        w.shared
-            .metrics
-            .open_sessions
-            .fetch_sub(1, Ordering::AcqRel);
-        w.sessions.leave(self.key);
-    }
-}
 
 impl Handler for Rc<Worker> {
     fn connection<S: Stream>(&self, io: S) -> impl Future<Output = ()> + 'static {
@@ -112,20 +54,6 @@ fn start<S: Stream>(up: http::Upgraded<S>) -> session::Session<S> {
     session::Session::new(up.io, &up.read_ahead, up.slot)
 }
 
-impl Worker {
-    /// A worker outside a running server, for [`crate::standalone`].
-    pub(crate) fn standalone(shared: Arc<Shared>) -> Rc<Worker> {
-        Rc::new(Worker {
-            metrics: shared.metrics.workers[0].clone(),
-            handshakes: Handshakes::new(shared.config.max_pending_handshakes),
-            budget: Budget::new(shared.buffered_share),
-            shared,
-            sessions: Default::default(),
-            buffers: Default::default(),
-        })
-    }
-}
-
 /// Runs worker `id` on this thread until the drain completes.
 pub(crate) fn run(
     id: usize,
@@ -134,14 +62,7 @@ pub(crate) fn run(
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
     runtime.block_on(async move {
-        let worker = Rc::new(Worker {
-            metrics: shared.metrics.workers[id].clone(),
-            handshakes: Handshakes::new(shared.config.max_pending_handshakes),
-            budget: Budget::new(shared.buffered_share),
-            shared: shared.clone(),
-            sessions: Default::default(),
-            buffers: Default::default(),
-        });
+        let worker = Worker::new(shared.clone(), id);
         // The accept loop ends only on a setup error, which ends the worker.
         let (failed, accept) = tokio::sync::oneshot::channel();
         let accepting = io::accept_loop(runtime, listener, worker.clone());
@@ -281,8 +202,8 @@ mod tests {
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             client.set_nonblocking(true).unwrap();
             let io = tokio::net::TcpStream::from_std(client).unwrap();
-            let standalone = crate::standalone::Standalone::new(Default::default());
-            let future = connection(io, standalone.worker().clone());
+            let worker = Worker::for_tests();
+            let future = connection(io, worker.clone());
             let session = std::mem::size_of::<session::Session<tokio::net::TcpStream>>();
             let size = std::mem::size_of_val(&future);
             // Debug builds lay futures out less tightly (288 B here); the
@@ -292,7 +213,6 @@ mod tests {
                 size <= session + 24 && size <= bound,
                 "connection future {size} B (session {session} B)"
             );
-            let worker = standalone.worker().clone();
             let epoll = size_of_return(move |io: crate::io::epoll::EpollStream| {
                 connection(io, worker.clone())
             });
