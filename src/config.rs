@@ -119,6 +119,19 @@ pub struct Config {
     #[arg(long, env = "RINGWS_MIN_MESSAGE_RATE", default_value = "1KiB", value_parser = parse_size)]
     pub min_message_rate: u64,
 
+    /// Most bytes a connection may have queued for its peer (what the
+    /// handler sent and the peer has not read yet; `64KiB` or bytes). A send
+    /// once this much is queued meets `--backpressure-policy`. An echoed
+    /// message is not queued: it is sent from the read buffer, and the
+    /// session reads nothing more until it is written.
+    #[arg(long, env = "RINGWS_MAX_BACKPRESSURE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_backpressure: u64,
+
+    /// What a send past `--max-backpressure` does: `close` the connection
+    /// with 1008, or `drop` the message (the handler is told which).
+    #[arg(long, env = "RINGWS_BACKPRESSURE_POLICY", value_enum, default_value_t = BackpressurePolicy::Close)]
+    pub backpressure_policy: BackpressurePolicy,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringws=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -142,11 +155,22 @@ impl Default for Config {
             max_pending_handshakes: 1024,
             max_buffered_bytes: None,
             min_message_rate: 1024,
+            max_backpressure: 64 << 10,
+            backpressure_policy: BackpressurePolicy::Close,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             log: "info".to_owned(),
         }
     }
+}
+
+/// What a send past `--max-backpressure` does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackpressurePolicy {
+    /// Close the connection with 1008: a peer that does not keep up is let go.
+    Close,
+    /// Drop the message: for feeds where a newer message replaces an older.
+    Drop,
 }
 
 /// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`

@@ -6,14 +6,18 @@
 //! worker through here, and nothing here knows those layers: this module
 //! imports only the leaves that make up a worker's state.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::BytesMut;
+
 use crate::budget::Budget;
 use crate::buffers::BufferPool;
-use crate::config::Config;
+use crate::config::{BackpressurePolicy, Config};
 use crate::drain::Drain;
+use crate::handler::{Backpressure, Echo, Handler};
 use crate::handshakes::Handshakes;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::sessions::LocalSessions;
@@ -34,8 +38,13 @@ pub struct Shared {
 }
 
 /// State a worker's connections share (never crosses threads).
-#[derive(Debug)]
-pub struct Worker {
+pub struct Worker<H: Handler = Echo> {
+    /// The application: this worker's clone of the server's handler.
+    pub handler: H,
+    /// Where a callback's sends are framed: lent to one callback at a time,
+    /// and kept by the session if the callback sent anything (the next
+    /// callback then starts with a buffer from the pool).
+    pub out: RefCell<BytesMut>,
     /// Process-wide state.
     pub shared: Arc<Shared>,
     /// This worker's counters (this thread is their only writer).
@@ -52,15 +61,14 @@ pub struct Worker {
 
 /// A session's place in `--max-connections` and in its worker's table;
 /// released when dropped, however the session ends.
-#[derive(Debug)]
-pub struct SessionSlot {
-    worker: Rc<Worker>,
+pub struct SessionSlot<H: Handler = Echo> {
+    worker: Rc<Worker<H>>,
     key: usize,
 }
 
-impl SessionSlot {
+impl<H: Handler> SessionSlot<H> {
     /// Takes a place whose global count the caller has already incremented.
-    pub(crate) fn new(worker: Rc<Worker>) -> Self {
+    pub(crate) fn new(worker: Rc<Worker<H>>) -> Self {
         let key = worker.sessions.enter();
         worker.metrics.sessions.add(1);
         SessionSlot { worker, key }
@@ -72,12 +80,12 @@ impl SessionSlot {
     }
 
     /// The worker the session runs on.
-    pub fn worker(&self) -> &Rc<Worker> {
+    pub fn worker(&self) -> &Rc<Worker<H>> {
         &self.worker
     }
 }
 
-impl Drop for SessionSlot {
+impl<H: Handler> Drop for SessionSlot<H> {
     fn drop(&mut self) {
         let w = &self.worker;
         w.shared
@@ -88,10 +96,12 @@ impl Drop for SessionSlot {
     }
 }
 
-impl Worker {
-    /// Worker `id`'s state.
-    pub(crate) fn new(shared: Arc<Shared>, id: usize) -> Rc<Worker> {
+impl<H: Handler> Worker<H> {
+    /// Worker `id`'s state, serving `handler`.
+    pub(crate) fn new(shared: Arc<Shared>, id: usize, handler: H) -> Rc<Worker<H>> {
         Rc::new(Worker {
+            handler,
+            out: RefCell::default(),
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
             budget: Budget::new(shared.buffered_share),
@@ -103,7 +113,7 @@ impl Worker {
 
     /// A one-worker context with the default configuration, for unit tests.
     #[cfg(test)]
-    pub(crate) fn for_tests() -> Rc<Worker> {
+    pub(crate) fn for_tests(handler: H) -> Rc<Worker<H>> {
         let config = Config::default();
         let (buffered_share, _) = crate::budget::buffered_share(&config, 1, None);
         Worker::new(
@@ -115,6 +125,16 @@ impl Worker {
                 buffered_share,
             }),
             0,
+            handler,
         )
+    }
+
+    /// The limits of what a session may queue for its peer.
+    pub(crate) fn backpressure(&self) -> Backpressure {
+        let config = &self.shared.config;
+        Backpressure {
+            cap: usize::try_from(config.max_backpressure).unwrap_or(usize::MAX),
+            drop: config.backpressure_policy == BackpressurePolicy::Drop,
+        }
     }
 }

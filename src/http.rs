@@ -41,6 +41,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::context::{SessionSlot, Worker};
+use crate::handler::{self, Handler};
 use crate::io::Stream;
 use crate::metrics::{self, HandshakeFailure};
 use crate::upgrade::{self, Rejection};
@@ -52,24 +53,30 @@ type Body = Full<Bytes>;
 pub const MAX_HEADERS: usize = 100;
 
 /// A connection that completed the WebSocket handshake.
-pub struct Upgraded<S> {
+pub struct Upgraded<S, H: Handler> {
     /// The connection.
     pub io: S,
     /// Bytes read past the request (often the client's first frame): the
     /// session must parse them before reading from `io`.
     pub read_ahead: Bytes,
     /// The session's place in `--max-connections`.
-    pub slot: SessionSlot,
+    pub slot: SessionSlot<H>,
+    /// The connection's state, as the handler accepted it.
+    pub state: H::State,
 }
+
+/// What the `/ws` route hands over to the session once hyper has sent the
+/// `101`.
+type Accepted<H> = Rc<RefCell<Option<(SessionSlot<H>, <H as Handler>::State)>>>;
 
 /// A connection's place among its worker's pending handshakes; leaves the
 /// list when dropped, however the phase ends.
-struct Pending {
-    worker: Rc<Worker>,
+struct Pending<H: Handler> {
+    worker: Rc<Worker<H>>,
     key: usize,
 }
 
-impl Drop for Pending {
+impl<H: Handler> Drop for Pending<H> {
     fn drop(&mut self) {
         self.worker.handshakes.leave(self.key);
     }
@@ -77,7 +84,7 @@ impl Drop for Pending {
 
 /// Serves HTTP on `io` until the connection closes (`None`) or is upgraded,
 /// within `--handshake-timeout`, unless newer connections evict it first.
-pub async fn serve<S: Stream>(io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> {
+pub async fn serve<S: Stream, H: Handler>(io: S, worker: Rc<Worker<H>>) -> Option<Upgraded<S, H>> {
     let (key, evicted) = worker.handshakes.enter();
     if evicted {
         worker
@@ -106,7 +113,7 @@ pub async fn serve<S: Stream>(io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> 
 }
 
 /// The HTTP phase: the request head, then hyper on it.
-async fn phase<S: Stream>(mut io: S, worker: Rc<Worker>) -> Option<Upgraded<S>> {
+async fn phase<S: Stream, H: Handler>(mut io: S, worker: Rc<Worker<H>>) -> Option<Upgraded<S, H>> {
     match read_head(&mut io, &worker).await {
         Ok(head) => Box::pin(respond(Replay { head, io }, worker)).await,
         Err(Head::Closed) => None,
@@ -138,7 +145,10 @@ enum Head {
 /// returns the bytes read, which may go on past the head. The buffer is
 /// taken from the worker's pool when bytes are ready and given back while
 /// none are buffered, and never grows past the header cap.
-async fn read_head<S: Stream>(io: &mut S, worker: &Worker) -> Result<BytesMut, Head> {
+async fn read_head<S: Stream, H: Handler>(
+    io: &mut S,
+    worker: &Worker<H>,
+) -> Result<BytesMut, Head> {
     let cap = worker.shared.config.max_request_header_size;
     let mut buf = BytesMut::new();
     let mut scan = Scan::default();
@@ -306,13 +316,17 @@ impl<S: Stream> AsyncWrite for Replay<S> {
 
 /// hyper on a connection whose request head has arrived: answers it, and
 /// returns the connection if it was upgraded.
-async fn respond<S: Stream>(io: Replay<S>, worker: Rc<Worker>) -> Option<Upgraded<S>> {
-    let slot: Rc<RefCell<Option<SessionSlot>>> = Rc::default();
+async fn respond<S: Stream, H: Handler>(
+    io: Replay<S>,
+    worker: Rc<Worker<H>>,
+) -> Option<Upgraded<S, H>> {
+    let slot: Accepted<H> = Rc::default();
+    let peer = io.io.peer_addr();
     let service = {
         let worker = worker.clone();
         let slot = slot.clone();
         hyper::service::service_fn(move |req| -> Ready<Result<Response<Body>, Infallible>> {
-            let mut res = route(&req, &worker, &slot);
+            let mut res = route(&req, peer, &worker, &slot);
             if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -335,7 +349,7 @@ async fn respond<S: Stream>(io: Replay<S>, worker: Rc<Worker>) -> Option<Upgrade
             return None;
         }
     };
-    let slot = slot.borrow_mut().take()?;
+    let (slot, state) = slot.borrow_mut().take()?;
     let Replay { mut head, io } = parts.io.into_inner();
     // hyper read from the front of `head`: what it read and did not parse
     // comes before what it left in `head`.
@@ -353,6 +367,7 @@ async fn respond<S: Stream>(io: Replay<S>, worker: Rc<Worker>) -> Option<Upgrade
         io,
         read_ahead,
         slot,
+        state,
     })
 }
 
@@ -366,15 +381,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     res
 }
 
-fn route(
+fn route<H: Handler>(
     req: &Request<Incoming>,
-    worker: &Rc<Worker>,
-    slot: &RefCell<Option<SessionSlot>>,
+    peer: Option<std::net::SocketAddr>,
+    worker: &Rc<Worker<H>>,
+    slot: &Accepted<H>,
 ) -> Response<Body> {
     let shared = &worker.shared;
     let path = req.uri().path();
     if path == shared.config.path {
-        return websocket(req, worker, slot);
+        return websocket(req, peer, worker, slot);
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -400,7 +416,7 @@ fn route(
     }
 }
 
-fn reject(rejection: Rejection, worker: &Worker) -> Response<Body> {
+fn reject<H: Handler>(rejection: Rejection, worker: &Worker<H>) -> Response<Body> {
     worker.metrics.handshake_failed(rejection.failure);
     tracing::debug!(status = %rejection.status, reason = rejection.reason, "upgrade refused");
     let mut res = Response::new(Full::new(Bytes::from(format!("{}\n", rejection.reason))));
@@ -414,10 +430,11 @@ fn reject(rejection: Rejection, worker: &Worker) -> Response<Body> {
     res
 }
 
-fn websocket(
+fn websocket<H: Handler>(
     req: &Request<Incoming>,
-    worker: &Rc<Worker>,
-    slot: &RefCell<Option<SessionSlot>>,
+    peer: Option<std::net::SocketAddr>,
+    worker: &Rc<Worker<H>>,
+    slot: &Accepted<H>,
 ) -> Response<Body> {
     let accept = match upgrade::validate(req) {
         Ok(accept) => accept,
@@ -434,6 +451,27 @@ fn websocket(
             worker,
         );
     }
+    let request = handler::Request { req, peer };
+    let accepted = match worker.handler.upgrade(&request) {
+        Ok(accepted) => accepted,
+        Err(refuse) => return refused(refuse, worker),
+    };
+    let protocol = match accepted.protocol.as_deref() {
+        None => None,
+        Some(p) => match chosen(p, &request) {
+            Some(value) => Some(value),
+            None => {
+                tracing::error!(
+                    protocol = p,
+                    "the handler chose a subprotocol the client did not offer"
+                );
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server chose a subprotocol the client did not offer\n",
+                );
+            }
+        },
+    };
     let open = &shared.metrics.open_sessions;
     if open.fetch_add(1, Ordering::AcqRel) >= shared.max_connections {
         open.fetch_sub(1, Ordering::AcqRel);
@@ -446,14 +484,44 @@ fn websocket(
             worker,
         );
     }
-    *slot.borrow_mut() = Some(SessionSlot::new(worker.clone()));
+    *slot.borrow_mut() = Some((SessionSlot::new(worker.clone()), accepted.state));
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     res
+}
+
+/// The answer to an upgrade the handler refused.
+fn refused<H: Handler>(refuse: handler::Refuse, worker: &Worker<H>) -> Response<Body> {
+    worker.metrics.handshake_failed(HandshakeFailure::Refused);
+    let status = StatusCode::from_u16(refuse.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    tracing::debug!(%status, reason = %refuse.reason, "upgrade refused by the handler");
+    let mut res = Response::new(Full::new(Bytes::from(format!("{}\n", refuse.reason))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// The `Sec-WebSocket-Protocol` answer for the subprotocol the handler
+/// chose, if it is one the client offered (else the client would fail the
+/// connection: RFC 6455 §4.1, so the upgrade is answered `500`).
+fn chosen(protocol: &str, req: &handler::Request<'_>) -> Option<HeaderValue> {
+    if !req.protocols().any(|p| p == protocol) {
+        return None;
+    }
+    HeaderValue::from_str(protocol).ok()
 }
 
 #[cfg(test)]

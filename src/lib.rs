@@ -11,6 +11,7 @@
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
 //! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
+//! | [`handler`] | the application's API: upgrade decisions, session events, sending; [`Echo`] |
 //! | `budget` | a worker's share of `--max-buffered-bytes`: what read buffers may hold |
 //! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
 //! | [`upgrade`] | handshake validation and the accept key |
@@ -37,6 +38,7 @@ mod buffers;
 pub mod config;
 mod context;
 pub mod drain;
+pub mod handler;
 mod handshakes;
 mod http;
 pub mod io;
@@ -56,6 +58,7 @@ mod worker;
 #[cfg(test)]
 mod testing;
 
-pub use config::{Config, IoMode};
+pub use config::{BackpressurePolicy, Config, IoMode};
+pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sent};
 pub use io::Backend;
 pub use server::{DrainHandle, Error, RunningServer, Server};

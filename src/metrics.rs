@@ -63,11 +63,13 @@ pub enum HandshakeFailure {
     /// Closed to make room under `--max-pending-handshakes`: it had been in
     /// its HTTP phase longest.
     PendingLimit,
+    /// The handler refused the upgrade (`Handler::upgrade`).
+    Refused,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 12] = [
+    pub const ALL: [HandshakeFailure; 13] = [
         HandshakeFailure::Method,
         HandshakeFailure::NotUpgrade,
         HandshakeFailure::ConnectionHeader,
@@ -80,6 +82,7 @@ impl HandshakeFailure {
         HandshakeFailure::HeaderTooLarge,
         HandshakeFailure::TooManyHeaders,
         HandshakeFailure::PendingLimit,
+        HandshakeFailure::Refused,
     ];
 
     /// The `reason` label value.
@@ -97,6 +100,7 @@ impl HandshakeFailure {
             HandshakeFailure::HeaderTooLarge => "header_too_large",
             HandshakeFailure::TooManyHeaders => "too_many_headers",
             HandshakeFailure::PendingLimit => "pending_limit",
+            HandshakeFailure::Refused => "refused",
         }
     }
 }
@@ -128,6 +132,12 @@ pub struct WorkerMetrics {
     /// Sessions closed with 1008 for an incomplete frame arriving slower than
     /// `--min-message-rate`.
     pub slow_messages: LocalCounter,
+    /// Sessions closed with 1008 for a send past `--max-backpressure`.
+    pub backpressure_closes: LocalCounter,
+    /// Messages dropped past `--max-backpressure` (`--backpressure-policy drop`).
+    pub backpressure_drops: LocalCounter,
+    /// Handler callbacks that panicked (each closed its connection with 1011).
+    pub handler_panics: LocalCounter,
     /// Bytes this worker's sessions hold in read buffers (a gauge, written
     /// by the worker's housekeeping).
     pub buffered_bytes: AtomicU64,
@@ -280,6 +290,24 @@ impl Collector for Scrape {
             "ringws_slow_messages",
             "Sessions closed with 1008: a frame arrived slower than --min-message-rate.",
             m.sum(|w| &w.slow_messages),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_backpressure_closes",
+            "Sessions closed with 1008: a send found --max-backpressure bytes queued.",
+            m.sum(|w| &w.backpressure_closes),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_backpressure_drops",
+            "Messages dropped: a send found --max-backpressure bytes queued (policy drop).",
+            m.sum(|w| &w.backpressure_drops),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_handler_panics",
+            "Handler callbacks that panicked; each closed its own connection with 1011.",
+            m.sum(|w| &w.handler_panics),
         )?;
 
         let proto = ConstCounter::new(0u64);

@@ -11,6 +11,7 @@ use crate::budget::buffered_share;
 use crate::config::{Config, IoMode};
 use crate::context::Shared;
 use crate::drain::Drain;
+use crate::handler::{Echo, Handler};
 use crate::io::{Backend, Choice, UringUnavailable};
 use crate::metrics::Metrics;
 use crate::{io as backends, listener, worker};
@@ -144,6 +145,12 @@ impl Server {
     /// runtime (e.g. out of file descriptors) fails the start, with its
     /// error, instead of racing workers that already consume descriptors.
     pub fn start(self) -> io::Result<RunningServer> {
+        self.start_with(Echo)
+    }
+
+    /// Starts serving `handler` (each worker runs a clone of it), as
+    /// [`Server::start`] does [`Echo`].
+    pub fn start_with<H: Handler>(self, handler: H) -> io::Result<RunningServer> {
         let workers = self.listeners.len();
         let gate = Arc::new(StartGate::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
@@ -153,6 +160,7 @@ impl Server {
             let choice = self.choice.clone();
             let gate = gate.clone();
             let ready = ready_tx.clone();
+            let handler = handler.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringws-w{id}"))
                 .spawn(move || {
@@ -170,7 +178,7 @@ impl Server {
                     if !gate.wait() {
                         return Ok(());
                     }
-                    let res = worker::run(id, &runtime, listener, shared.clone());
+                    let res = worker::run(id, &runtime, listener, shared.clone(), handler);
                     if let Err(e) = &res {
                         tracing::error!(worker = id, error = %e, "worker failed; draining");
                         shared.drain.start();

@@ -41,12 +41,17 @@ use std::task::{Context, Poll, ready};
 
 use std::time::Duration;
 
+use std::borrow::Cow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::{Buf, BytesMut};
 use fastwebsockets::{CloseCode, Frame, InPlace, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sessions::Tick;
 
 use crate::context::{SessionSlot, Worker};
+use crate::handler::{Conn, Handler, Message, Requests};
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
 
@@ -56,7 +61,9 @@ enum End {
     /// The peer sent Close (with this code, if any): answer it and close.
     Reply(Option<u16>),
     /// We close with this code and reason, then wait for the peer.
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
+    /// The handler closes with this code and reason (no error).
+    Closed(u16, Cow<'static, str>),
     /// The connection is gone (EOF or I/O error): nothing to send.
     Gone,
 }
@@ -78,7 +85,12 @@ impl From<WebSocketError> for End {
 }
 
 const fn fail(code: u16, reason: &'static str) -> End {
-    End::Close(code, reason)
+    End::Close(code, Cow::Borrowed(reason))
+}
+
+/// The server drains: Close 1001, not an error of the session.
+const fn draining() -> End {
+    End::Closed(1001, Cow::Borrowed("server is draining"))
 }
 
 /// Frames handled per poll before the session yields to the other sessions
@@ -118,6 +130,13 @@ impl Flags {
     const PARTIAL: u8 = 8;
     /// Refused by the worker's budget of buffered bytes; not reading.
     const WAITING: u8 = 16;
+    /// What the handler queued had to wait for the peer: tell it when sent.
+    const BACKLOGGED: u8 = 32;
+    /// The handler has been told the session is over, or panicked: no more
+    /// callbacks.
+    const DONE: u8 = 64;
+    /// The handler's `open` has run.
+    const OPENED: u8 = 128;
 
     fn has(self, flag: u8) -> bool {
         self.0 & flag != 0
@@ -147,44 +166,79 @@ impl Flags {
 /// buffer, which an idle session gives back to the pool), one outgoing frame
 /// at a time, no timers (the worker's session table delivers drain and idle
 /// ticks through the waker), and the closing phase boxed.
-pub struct Session<S> {
-    /// Moved into the closing phase when the loop ends.
-    ws: Option<WebSocket<S>>,
+pub struct Session<S, H: Handler> {
+    /// The connection while the loop runs, then the closing handshake.
+    ws: Phase<S>,
     /// The session's place in `--max-connections` and its worker's table.
-    slot: SessionSlot,
-    /// The closing handshake, once the loop has ended.
-    closing: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    /// The frame being written, if any.
+    slot: SessionSlot<H>,
+    /// The bytes being written, if any.
     out: Option<Outgoing>,
-    /// A fragmented message in progress.
-    message: Option<Fragmented>,
+    /// A fragmented message in progress (boxed: rare, and an idle session
+    /// costs its size).
+    message: Option<Box<Fragmented>>,
+    /// The handler's state for this connection.
+    state: H::State,
     /// KiB of the worker's budget of buffered bytes charged for the read
     /// buffer this session holds (`crate::budget`).
     charged: u32,
     flags: Flags,
 }
 
-/// A fragmented message in progress.
+/// A session's connection: the codec while the loop runs, then the closing
+/// handshake, which owns it (one field for both: an idle connection costs
+/// the session's size).
+enum Phase<S> {
+    Open(WebSocket<S>),
+    Closing(Pin<Box<dyn Future<Output = ()>>>),
+}
+
+impl<S> Phase<S> {
+    fn as_mut(&mut self) -> Option<&mut WebSocket<S>> {
+        match self {
+            Phase::Open(ws) => Some(ws),
+            Phase::Closing(_) => None,
+        }
+    }
+
+    fn as_ref(&self) -> Option<&WebSocket<S>> {
+        match self {
+            Phase::Open(ws) => Some(ws),
+            Phase::Closing(_) => None,
+        }
+    }
+}
+
+/// A fragmented message in progress, joined here from its fragments (the
+/// handler sees messages whole); the bytes are charged to the worker's
+/// budget of buffered bytes.
 #[derive(Debug)]
 struct Fragmented {
     text: bool,
-    total: usize,
     utf8: Utf8Stream,
+    data: Vec<u8>,
 }
 
-/// A frame on its way out: a reply framed in place in the read buffer
-/// (echo or pong), or the session's own ping.
+/// What a session is writing: one thing at a time, and nothing is read
+/// meanwhile (backpressure).
+#[derive(Debug)]
+enum Source {
+    /// A reply framed in place in the read buffer (echo or pong): the frame
+    /// answered is still at the front of the read buffer, its reply at
+    /// `reply_range()`, and is consumed once the reply is written.
+    Reply(InPlace),
+    /// The session's own ping.
+    Ping,
+    /// What the handler sent, framed in a buffer from the worker's pool.
+    Queued(BytesMut),
+}
+
+/// Bytes on their way out.
 #[derive(Debug)]
 struct Outgoing {
-    /// The frame answered (still at the front of the read buffer, its reply
-    /// at `reply_range()`, consumed once the reply is written), or `None`
-    /// for a ping.
-    answers: Option<InPlace>,
+    source: Source,
     written: usize,
     /// `written` at the last write-stall tick, or [`NOT_MARKED`] before the
-    /// first. Kept here rather than as an `Option` in the session: the
-    /// eight bytes saved keep an idle connection's task in mimalloc's
-    /// 224-byte size class instead of the 256-byte one.
+    /// first.
     stall_mark: usize,
 }
 
@@ -192,27 +246,30 @@ struct Outgoing {
 /// memory, so it never reaches this.
 const NOT_MARKED: usize = usize::MAX;
 
+/// Most bytes of a handler's queue given to the stream in one write.
+const WRITE_CHUNK: usize = 64 << 10;
+
 /// The session's own ping: empty payload.
 const PING: [u8; 2] = [0x89, 0x00];
 
 impl Outgoing {
-    /// A reply to `frame` with `fin` and `opcode`, framed in its bytes.
-    fn reply<S>(ws: &mut WebSocket<S>, frame: InPlace, fin: bool, opcode: OpCode) -> Outgoing {
-        ws.frame_reply_in_place(&frame, fin, opcode);
+    fn new(source: Source) -> Outgoing {
         Outgoing {
-            answers: Some(frame),
+            source,
             written: 0,
             stall_mark: NOT_MARKED,
         }
     }
 
+    /// A reply to `frame` with `fin` and `opcode`, framed in its bytes.
+    fn reply<S>(ws: &mut WebSocket<S>, frame: InPlace, fin: bool, opcode: OpCode) -> Outgoing {
+        ws.frame_reply_in_place(&frame, fin, opcode);
+        Outgoing::new(Source::Reply(frame))
+    }
+
     /// A ping of the session's own (idle check).
     fn ping() -> Outgoing {
-        Outgoing {
-            answers: None,
-            written: 0,
-            stall_mark: NOT_MARKED,
-        }
+        Outgoing::new(Source::Ping)
     }
 
     /// A write-stall tick came while this frame was pending: true if none
@@ -223,50 +280,119 @@ impl Outgoing {
         stalled
     }
 
-    /// An echo of a data frame (counted in the metrics once written).
-    fn is_echo(&self) -> bool {
-        self.answers.is_some_and(|f| {
-            matches!(
-                f.opcode,
-                OpCode::Text | OpCode::Binary | OpCode::Continuation
-            )
-        })
-    }
-
-    /// Writes what is left, then consumes the frame it answers.
+    /// Writes what is left.
     fn poll_write<S: Stream>(
         &mut self,
         ws: &mut WebSocket<S>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         let (io, buffer) = ws.stream_and_buffer();
-        let bytes = match &self.answers {
-            Some(frame) => &buffer[frame.reply_range()],
-            None => &PING[..],
+        let bytes = match &self.source {
+            Source::Reply(frame) => &buffer[frame.reply_range()],
+            Source::Ping => &PING[..],
+            Source::Queued(buf) => &buf[..],
+        };
+        // What the handler queued is written in chunks: the io_uring adapter
+        // takes any write whole into a buffer of its own (and stops taking
+        // more past 64 KiB staged), so a chunk bounds what it holds beside
+        // the queue, and a queue it cannot take at once waits here, where
+        // `drained` can tell.
+        let chunk = match self.source {
+            Source::Queued(_) => WRITE_CHUNK,
+            _ => usize::MAX,
         };
         while self.written < bytes.len() {
-            let n = ready!(Pin::new(&mut *io).poll_write(cx, &bytes[self.written..]))?;
+            let end = bytes.len().min(self.written.saturating_add(chunk));
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &bytes[self.written..end]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
         }
-        if let Some(frame) = &self.answers {
-            ws.consume(frame);
-        }
         Poll::Ready(Ok(()))
     }
 
-    /// Payload bytes of the reply.
-    fn payload_len(&self) -> usize {
-        self.answers.map_or(0, |f| f.payload_len())
+    /// Written: consumes the frame it answers, returns a queue's buffer to
+    /// the pool, and counts an echo.
+    fn finish<S, H: Handler>(self, ws: &mut WebSocket<S>, worker: &Worker<H>) {
+        match self.source {
+            Source::Reply(frame) => {
+                if matches!(
+                    frame.opcode,
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                ) {
+                    let m = &worker.metrics;
+                    m.frames_out.add(1);
+                    m.bytes_out.add(frame.payload_len() as u64);
+                }
+                ws.consume(&frame);
+            }
+            Source::Ping => {}
+            Source::Queued(mut buf) => {
+                worker.metrics.bytes_out.add(buf.len() as u64);
+                buf.clear();
+                worker.buffers.give(buf);
+            }
+        }
+    }
+
+    /// The bytes not written yet of what the handler queued (sent before a
+    /// Close the session ends with).
+    fn unsent(self) -> Option<BytesMut> {
+        match self.source {
+            Source::Queued(mut buf) if self.written < buf.len() => {
+                buf.advance(self.written);
+                Some(buf)
+            }
+            _ => None,
+        }
     }
 }
 
-impl<S: Stream> Session<S> {
+/// What a handler callback left to do.
+struct Called {
+    /// What it sent, framed.
+    sent: Option<BytesMut>,
+    requests: Requests,
+    panicked: bool,
+}
+
+/// Runs one handler callback with a [`Conn`] on `state`, catching a panic.
+/// Sends are framed in the worker's spare buffer, which the session keeps
+/// if anything was sent.
+fn call<S: Stream, H: Handler>(
+    worker: &Worker<H>,
+    state: &mut H::State,
+    stream: &S,
+    message: Option<Message<'_>>,
+    f: impl FnOnce(&H, &mut Conn<'_, H::State>),
+) -> Called {
+    let mut out = worker.out.take();
+    if out.capacity() == 0 {
+        out = worker.buffers.take();
+    }
+    let peer = || stream.peer_addr();
+    let mut conn = Conn::new(state, &mut out, 0, message, &peer, worker.backpressure());
+    let panicked = catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err();
+    let requests = conn.into_requests();
+    let sent = if out.is_empty() || panicked {
+        out.clear();
+        worker.out.replace(out);
+        None
+    } else {
+        Some(out)
+    };
+    Called {
+        sent,
+        requests,
+        panicked,
+    }
+}
+
+impl<S: Stream, H: Handler> Session<S, H> {
     /// The session on an upgraded connection: `read_ahead` holds bytes read
     /// past the upgrade request, parsed before the socket is read.
-    pub fn new(io: S, read_ahead: &[u8], slot: SessionSlot) -> Self {
+    pub fn new(io: S, read_ahead: &[u8], slot: SessionSlot<H>, state: H::State) -> Self {
         let worker = slot.worker();
         let mut ws = WebSocket::after_handshake(io, Role::Server);
         // Pings and closes are answered here, so that reading a frame never
@@ -287,16 +413,59 @@ impl<S: Stream> Session<S> {
         }
         tracing::debug!(key = slot.key(), "session started");
         Session {
-            ws: Some(ws),
+            ws: Phase::Open(ws),
             slot,
-            closing: None,
             out: None,
             message: None,
+            state,
             charged,
             // A new session has just been heard (its upgrade): the first
             // idle tick, which may come a moment later, must not ping it.
             flags: Flags(Flags::HEARD),
         }
+    }
+
+    /// Carries out what a callback asked for: queue what it sent, close.
+    fn after_call(&mut self, called: Called) -> Result<(), End> {
+        let worker = self.slot.worker();
+        let Called {
+            sent,
+            requests,
+            panicked,
+        } = called;
+        if panicked {
+            self.flags.set(Flags::DONE, true);
+            worker.metrics.handler_panics.add(1);
+            tracing::error!(
+                key = self.slot.key(),
+                "handler panicked: closing its connection with 1011"
+            );
+            return Err(fail(1011, "internal error"));
+        }
+        if requests.dropped > 0 {
+            let m = &worker.metrics;
+            m.backpressure_drops.add(u64::from(requests.dropped));
+        }
+        worker.metrics.frames_out.add(u64::from(requests.sent));
+        if let Some(buf) = sent {
+            debug_assert!(self.out.is_none(), "callbacks run with nothing queued");
+            self.out = Some(Outgoing::new(Source::Queued(buf)));
+        }
+        if requests.over_cap {
+            worker.metrics.backpressure_closes.add(1);
+            return Err(fail(1008, "outgoing queue over --max-backpressure"));
+        }
+        if let Some((code, reason)) = requests.close {
+            if !CloseCode::from(code).is_allowed() {
+                tracing::warn!(
+                    code,
+                    "handler closed with a code not allowed on the wire; sending 1011"
+                );
+                return Err(fail(1011, "internal error"));
+            }
+            return Err(End::Closed(code, reason));
+        }
+        Ok(())
     }
 
     /// Handles one frame, parsed in place in the read buffer: `Ok(())` to
@@ -316,17 +485,146 @@ impl<S: Stream> Session<S> {
                 let m = &worker.metrics;
                 m.frames_in.add(1);
                 m.bytes_in.add(frame.payload_len() as u64);
-                let max = worker.shared.config.max_message_size;
-                check_message(&mut self.message, max, &frame, ws.payload(&frame))?;
-                self.out = Some(Outgoing::reply(ws, frame, frame.fin, frame.opcode));
+                if frame.fin && frame.opcode != OpCode::Continuation && self.message.is_none() {
+                    return self.on_message(frame);
+                }
+                return self.on_fragment(frame);
             }
             OpCode::Ping => {
                 self.out = Some(Outgoing::reply(ws, frame, true, OpCode::Pong));
             }
             OpCode::Pong => ws.consume(&frame),
-            OpCode::Close => return Err(peer_close(ws.payload(&frame))),
+            OpCode::Close => {
+                let payload = ws.payload(&frame);
+                let end = peer_close(payload);
+                if let End::Reply(code) = end {
+                    let reason = std::str::from_utf8(payload.get(2..).unwrap_or(&[])).unwrap_or("");
+                    let worker = self.slot.worker().clone();
+                    self.flags.set(Flags::DONE, true);
+                    let state = &mut self.state;
+                    guard(&worker, || {
+                        worker.handler.close(state, code.unwrap_or(1005), reason)
+                    });
+                }
+                return Err(end);
+            }
         }
         Ok(())
+    }
+
+    /// A message in one frame: to the handler where it lies, and answered
+    /// in place if the handler asks so.
+    fn on_message(&mut self, frame: InPlace) -> Result<(), End> {
+        let worker = self.slot.worker().clone();
+        let ws = self.ws.as_ref().expect("not done");
+        let payload = ws.payload(&frame);
+        let msg = if frame.opcode == OpCode::Text {
+            match std::str::from_utf8(payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return Err(fail(1007, "text is not valid UTF-8")),
+            }
+        } else {
+            Message::Binary(payload)
+        };
+        let called = call(
+            &worker,
+            &mut self.state,
+            ws.stream(),
+            Some(msg),
+            |h, conn| h.message(conn, msg),
+        );
+        let ws = self.ws.as_mut().expect("not done");
+        if called.requests.reply_in_place && !called.panicked {
+            self.out = Some(Outgoing::reply(ws, frame, true, frame.opcode));
+        } else {
+            ws.consume(&frame);
+        }
+        self.after_call(called)
+    }
+
+    /// A fragment: joined to its message, which goes to the handler once
+    /// whole (an in-place reply is then framed from the joined copy).
+    fn on_fragment(&mut self, frame: InPlace) -> Result<(), End> {
+        let worker = self.slot.worker().clone();
+        let max = worker.shared.config.max_message_size;
+        let ws = self.ws.as_mut().expect("not done");
+        let whole = join(&mut self.message, max, &frame, ws.payload(&frame), &worker)?;
+        ws.consume(&frame);
+        if !whole {
+            return Ok(());
+        }
+        let message = self.message.take().expect("joined");
+        worker.budget.release(message.data.len());
+        let msg = if message.text {
+            match std::str::from_utf8(&message.data) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return Err(fail(1007, "text is not valid UTF-8")),
+            }
+        } else {
+            Message::Binary(&message.data)
+        };
+        let ws = self.ws.as_ref().expect("not done");
+        let mut called = call(
+            &worker,
+            &mut self.state,
+            ws.stream(),
+            Some(msg),
+            |h, conn| h.message(conn, msg),
+        );
+        if called.requests.reply_in_place && !called.panicked {
+            let buf = called.sent.get_or_insert_with(|| worker.buffers.take());
+            let opcode = if message.text { 0x1 } else { 0x2 };
+            crate::handler::put_frame(buf, opcode, &message.data);
+            called.requests.sent += 1;
+        }
+        self.after_call(called)
+    }
+
+    /// Tells the handler the session is over (once): `error` first unless it
+    /// ended cleanly, then `close`.
+    fn notify_end(&mut self, end: &End) {
+        if self.flags.has(Flags::DONE) || !self.flags.has(Flags::OPENED) {
+            return;
+        }
+        self.flags.set(Flags::DONE, true);
+        let (code, reason, error) = match end {
+            End::Reply(code) => (code.unwrap_or(1005), "", false),
+            End::Close(code, reason) => (*code, &**reason, true),
+            End::Closed(code, reason) => (*code, &**reason, false),
+            End::Gone => (1006, "connection lost", true),
+        };
+        let worker = self.slot.worker().clone();
+        let state = &mut self.state;
+        if error {
+            let e = crate::handler::Error {
+                code,
+                reason: Cow::Owned(reason.to_owned()),
+            };
+            guard(&worker, || worker.handler.error(state, &e));
+        }
+        guard(&worker, || worker.handler.close(state, code, reason));
+    }
+
+    /// The handler's `open`, before the session's first frame.
+    fn open(&mut self) -> Result<(), End> {
+        self.flags.set(Flags::OPENED, true);
+        let worker = self.slot.worker().clone();
+        let ws = self.ws.as_ref().expect("not done");
+        let called = call(&worker, &mut self.state, ws.stream(), None, |h, conn| {
+            h.open(conn)
+        });
+        self.after_call(called)
+    }
+
+    /// What the handler queued has been written after waiting for the peer:
+    /// its `drained`.
+    fn drained(&mut self) -> Result<(), End> {
+        let worker = self.slot.worker().clone();
+        let ws = self.ws.as_ref().expect("not done");
+        let called = call(&worker, &mut self.state, ws.stream(), None, |h, conn| {
+            h.drained(conn)
+        });
+        self.after_call(called)
     }
 
     /// A read would block with every frame read so far echoed. An empty read
@@ -535,36 +833,57 @@ impl<S: Stream> Session<S> {
     }
 }
 
-impl<S> Drop for Session<S> {
+impl<S, H: Handler> Drop for Session<S, H> {
     fn drop(&mut self) {
         // However the session ends (its task dropped at drain's end, or
         // after a panic), its worker's budget gets back what it held.
+        let worker = self.slot.worker();
         if self.charged != 0 {
-            let worker = self.slot.worker();
             worker.budget.release(self.charged as usize * 1024);
+        }
+        if let Some(message) = &self.message {
+            worker.budget.release(message.data.len());
         }
     }
 }
 
-impl<S: Stream> Future for Session<S> {
+// The session never pins its fields (it is polled through `get_mut`), so
+// it moves freely whatever the handler's state is.
+impl<S, H: Handler> Unpin for Session<S, H> {}
+
+impl<S: Stream, H: Handler> Future for Session<S, H> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.closing.is_none() {
+        if let Phase::Open(_) = this.ws {
             let end = ready!(this.poll_echo(cx));
             tracing::debug!(?end, "session ending");
+            this.notify_end(&end);
+            // What the handler queued goes out before our Close frame.
+            let unsent = match end {
+                End::Gone => None,
+                _ => this.out.take().and_then(Outgoing::unsent),
+            };
             this.drop_buffer();
-            let ws = this.ws.take().expect("the loop ended once");
-            this.closing = Some(Box::pin(close(ws, end, this.slot.worker().clone())));
+            let worker = this.slot.worker().clone();
+            // A zero-sized placeholder (no allocation) while the codec moves
+            // into the closing phase.
+            let placeholder = Phase::Closing(Box::pin(std::future::ready(())));
+            let Phase::Open(ws) = std::mem::replace(&mut this.ws, placeholder) else {
+                unreachable!("the loop runs in the open phase")
+            };
+            this.ws = Phase::Closing(Box::pin(close(ws, end, unsent, worker)));
         }
-        let closing = this.closing.as_mut().expect("set above");
+        let Phase::Closing(closing) = &mut this.ws else {
+            unreachable!("the closing phase is set above")
+        };
         closing.as_mut().poll(cx)
     }
 }
 
-impl<S: Stream> Session<S> {
-    /// The echo loop: runs until the session must close, and says how.
+impl<S: Stream, H: Handler> Session<S, H> {
+    /// The session's loop: runs until the session must close, and says how.
     fn poll_echo(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let this = self;
         let worker = this.slot.worker().clone();
@@ -572,20 +891,32 @@ impl<S: Stream> Session<S> {
         let key = this.slot.key();
         let sessions = &worker.sessions;
         let mut budget = FRAMES_PER_POLL;
+        if !this.flags.has(Flags::OPENED)
+            && let Err(end) = this.open()
+        {
+            return Poll::Ready(end);
+        }
         loop {
             if let Some(out) = this.out.as_mut() {
                 let ws = this.ws.as_mut().expect("not done");
                 match out.poll_write(ws, cx) {
                     Poll::Ready(Ok(())) => {
-                        if out.is_echo() {
-                            let m = &worker.metrics;
-                            m.frames_out.add(1);
-                            m.bytes_out.add(out.payload_len() as u64);
+                        let out = this.out.take().expect("written");
+                        let queued = matches!(out.source, Source::Queued(_));
+                        out.finish(ws, worker);
+                        if queued
+                            && this.flags.take(Flags::BACKLOGGED)
+                            && let Err(end) = this.drained()
+                        {
+                            return Poll::Ready(end);
                         }
-                        this.out = None;
+                        continue;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {
+                        if matches!(out.source, Source::Queued(_)) {
+                            this.flags.set(Flags::BACKLOGGED, true);
+                        }
                         // The peer is not reading. Nothing more is read
                         // meanwhile (backpressure); a whole --write-timeout
                         // period without progress closes the connection (no
@@ -616,7 +947,7 @@ impl<S: Stream> Session<S> {
             }
             if budget == 0 {
                 if sessions.closing() {
-                    return Poll::Ready(fail(1001, "server is draining"));
+                    return Poll::Ready(draining());
                 }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -656,7 +987,7 @@ impl<S: Stream> Session<S> {
             // echoed), or the budget refused room to read more: this is
             // where drain and the worker's ticks act.
             if sessions.closing() || worker.shared.drain.is_draining() {
-                return Poll::Ready(fail(1001, "server is draining"));
+                return Poll::Ready(draining());
             }
             this.track_partial(budget < FRAMES_PER_POLL);
             let ticks = sessions.take_ticks(key);
@@ -691,33 +1022,27 @@ impl<S: Stream> Session<S> {
     }
 }
 
-/// Checks a data frame against the message it belongs to (`message`, the
-/// fragmented message in progress): order of fragments, total size against
-/// `max`, UTF-8 across fragments. (A whole text message in one frame was
-/// validated by fastwebsockets.)
-fn check_message(
-    message: &mut Option<Fragmented>,
+/// Joins a fragment to the message it belongs to (`message`, the
+/// fragmented message in progress), checking the order of fragments, the
+/// total size against `max` and the UTF-8 of text as it arrives (fail-fast);
+/// the bytes joined are charged to the worker's budget. True once the
+/// message is whole.
+fn join<H: Handler>(
+    message: &mut Option<Box<Fragmented>>,
     max: usize,
     frame: &InPlace,
     payload: &[u8],
-) -> Result<(), End> {
-    let len = frame.payload_len();
+    worker: &Worker<H>,
+) -> Result<bool, End> {
     if frame.opcode != OpCode::Continuation {
         if message.is_some() {
             return Err(fail(1002, "new message inside a fragmented message"));
         }
-        if !frame.fin {
-            let mut msg = Fragmented {
-                text: frame.opcode == OpCode::Text,
-                total: len,
-                utf8: Utf8Stream::default(),
-            };
-            if msg.text && msg.utf8.feed(payload).is_err() {
-                return Err(fail(1007, "text is not valid UTF-8"));
-            }
-            *message = Some(msg);
-        }
-        return Ok(());
+        *message = Some(Box::new(Fragmented {
+            text: frame.opcode == OpCode::Text,
+            utf8: Utf8Stream::default(),
+            data: Vec::new(),
+        }));
     }
     let Some(msg) = message.as_mut() else {
         return Err(fail(
@@ -725,17 +1050,26 @@ fn check_message(
             "continuation frame without a message to continue",
         ));
     };
-    msg.total += len;
-    if msg.total > max {
+    if msg.data.len() + payload.len() > max {
         return Err(fail(1009, "message exceeds --max-message-size"));
     }
     if msg.text && (msg.utf8.feed(payload).is_err() || (frame.fin && msg.utf8.finish().is_err())) {
         return Err(fail(1007, "text is not valid UTF-8"));
     }
-    if frame.fin {
-        *message = None;
+    if !worker.budget.grow(payload.len()) {
+        worker.metrics.budget_closes.add(1);
+        return Err(fail(1013, "server read buffers are full: try again later"));
     }
-    Ok(())
+    msg.data.extend_from_slice(payload);
+    Ok(frame.fin)
+}
+
+/// Runs a callback that cannot answer (`error`, `close`), counting a panic.
+fn guard<H: Handler>(worker: &Worker<H>, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        worker.metrics.handler_panics.add(1);
+        tracing::error!("handler panicked in its close or error callback");
+    }
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).
@@ -760,16 +1094,28 @@ fn peer_close(payload: &[u8]) -> End {
 /// Close; otherwise after the peer closed its side or `--close-timeout`
 /// passed, reading and discarding what it still sends, so that our Close
 /// frame is not lost to a TCP reset.
-async fn close<S: Stream>(mut ws: WebSocket<S>, end: End, worker: Rc<Worker>) {
-    let frame = match end {
+async fn close<S: Stream, H: Handler>(
+    mut ws: WebSocket<S>,
+    end: End,
+    unsent: Option<BytesMut>,
+    worker: Rc<Worker<H>>,
+) {
+    let frame = match &end {
         End::Gone => return,
-        End::Reply(Some(code)) => Frame::close(code, b""),
+        End::Reply(Some(code)) => Frame::close(*code, b""),
         End::Reply(None) => Frame::close_raw(Payload::Borrowed(&[])),
-        End::Close(code, reason) => Frame::close(code, reason.as_bytes()),
+        End::Close(code, reason) | End::Closed(code, reason) => {
+            Frame::close(*code, reason.as_bytes())
+        }
     };
-    let lingering = matches!(end, End::Close(..));
+    let lingering = matches!(end, End::Close(..) | End::Closed(..));
     let timeout = worker.shared.config.close_timeout;
     let _ = crate::timer::timeout(timeout, async {
+        if let Some(unsent) = unsent
+            && ws.stream_and_buffer().0.write_all(&unsent).await.is_err()
+        {
+            return;
+        }
         if ws.write_frame(frame).await.is_err() || ws.flush().await.is_err() {
             return;
         }
@@ -843,7 +1189,8 @@ mod size {
         // What an idle connection costs, plus tokio's task header and
         // trailer (~100 B; the task is 128-byte aligned, so up to ~280 B the
         // task stays a 384-byte allocation): README, "How it is built".
-        let size = std::mem::size_of::<super::Session<tokio::net::TcpStream>>();
+        let size =
+            std::mem::size_of::<super::Session<tokio::net::TcpStream, crate::handler::Echo>>();
         assert!(size <= 280, "Session<TcpStream> grew to {size} B");
     }
 }

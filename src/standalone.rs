@@ -11,19 +11,28 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::context::{Shared, Worker};
 use crate::drain::Drain;
+use crate::handler::{Echo, Handler};
 use crate::io::{Backend, Stream};
 use crate::metrics::Metrics;
 use crate::worker;
 
-/// One worker's context, detached from any server.
-pub struct Standalone {
-    worker: Rc<Worker>,
+/// One worker's context, detached from any server, serving handler `H`
+/// ([`Echo`] unless made [`Standalone::with_handler`]).
+pub struct Standalone<H: Handler = Echo> {
+    worker: Rc<Worker<H>>,
 }
 
-impl Standalone {
-    /// A context with `config`'s limits (its addresses and worker count are
-    /// ignored). `--max-connections` defaults to unlimited.
+impl Standalone<Echo> {
+    /// An echo server's context with `config`'s limits (its addresses and
+    /// worker count are ignored). `--max-connections` defaults to unlimited.
     pub fn new(config: Config) -> Self {
+        Standalone::with_handler(config, Echo)
+    }
+}
+
+impl<H: Handler> Standalone<H> {
+    /// A context serving `handler`, with `config`'s limits.
+    pub fn with_handler(config: Config, handler: H) -> Self {
         let max_connections = config.max_connections.unwrap_or(usize::MAX);
         let (buffered_share, _) = crate::budget::buffered_share(&config, 1, None);
         let shared = Arc::new(Shared {
@@ -34,7 +43,7 @@ impl Standalone {
             buffered_share,
         });
         Standalone {
-            worker: Worker::new(shared, 0),
+            worker: Worker::new(shared, 0, handler),
         }
     }
 
@@ -48,7 +57,7 @@ impl Standalone {
 
     /// The worker this context runs connections on.
     #[cfg(test)]
-    pub(crate) fn worker(&self) -> &Rc<Worker> {
+    pub(crate) fn worker(&self) -> &Rc<Worker<H>> {
         &self.worker
     }
 

@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::context::{Shared, Worker};
-use crate::io::{self, Handler, Stream};
+use crate::handler::Handler;
+use crate::io::{self, Stream};
 use crate::sessions::Tick;
 use crate::ticker::Ticker;
 use crate::{http, session};
 
-impl Handler for Rc<Worker> {
+impl<H: Handler> io::Handler for Rc<Worker<H>> {
     fn connection<S: Stream>(&self, io: S) -> impl Future<Output = ()> + 'static {
         self.metrics.accepted.add(1);
         connection(io, self.clone())
@@ -30,7 +31,10 @@ impl Handler for Rc<Worker> {
 /// since an async fn would keep them for its whole life). One task instead
 /// of a second one spawned for the session saves a task allocation and a
 /// trip through the scheduler on every handshake.
-fn connection<S: Stream>(io: S, worker: Rc<Worker>) -> impl Future<Output = ()> + 'static {
+fn connection<S: Stream, H: Handler>(
+    io: S,
+    worker: Rc<Worker<H>>,
+) -> impl Future<Output = ()> + 'static {
     let http = Box::pin(http::serve(io, worker));
     async move {
         let Some(session) = http.await.map(start) else {
@@ -44,25 +48,29 @@ fn connection<S: Stream>(io: S, worker: Rc<Worker>) -> impl Future<Output = ()> 
 
 /// Serves HTTP on a fresh connection until it closes (`None`) or becomes a
 /// WebSocket session, returned ready to run.
-pub(crate) async fn upgrade<S: Stream>(io: S, worker: &Rc<Worker>) -> Option<session::Session<S>> {
+pub(crate) async fn upgrade<S: Stream, H: Handler>(
+    io: S,
+    worker: &Rc<Worker<H>>,
+) -> Option<session::Session<S, H>> {
     // Boxed so the HTTP phase's state is not part of the caller's future.
     Box::pin(http::serve(io, worker.clone())).await.map(start)
 }
 
 /// The session on a connection that completed the handshake.
-fn start<S: Stream>(up: http::Upgraded<S>) -> session::Session<S> {
-    session::Session::new(up.io, &up.read_ahead, up.slot)
+fn start<S: Stream, H: Handler>(up: http::Upgraded<S, H>) -> session::Session<S, H> {
+    session::Session::new(up.io, &up.read_ahead, up.slot, up.state)
 }
 
 /// Runs worker `id` on this thread until the drain completes.
-pub(crate) fn run(
+pub(crate) fn run<H: Handler>(
     id: usize,
     runtime: &io::Runtime,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
+    handler: H,
 ) -> std::io::Result<()> {
     runtime.block_on(async move {
-        let worker = Worker::new(shared.clone(), id);
+        let worker = Worker::new(shared.clone(), id, handler);
         // The accept loop ends only on a setup error, which ends the worker.
         let (failed, accept) = tokio::sync::oneshot::channel();
         let accepting = io::accept_loop(runtime, listener, worker.clone());
@@ -202,9 +210,11 @@ mod tests {
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             client.set_nonblocking(true).unwrap();
             let io = tokio::net::TcpStream::from_std(client).unwrap();
-            let worker = Worker::for_tests();
+            let worker = Worker::for_tests(crate::handler::Echo);
             let future = connection(io, worker.clone());
-            let session = std::mem::size_of::<session::Session<tokio::net::TcpStream>>();
+            let session = std::mem::size_of::<
+                session::Session<tokio::net::TcpStream, crate::handler::Echo>,
+            >();
             let size = std::mem::size_of_val(&future);
             // Debug builds lay futures out less tightly (288 B here); the
             // 280-byte bound is for the optimised build that is deployed.

@@ -45,25 +45,27 @@ async fn frame_sent_with_the_upgrade_request_is_echoed() {
 }
 
 #[tokio::test]
-async fn fragments_are_echoed_as_fragments() {
+async fn fragments_are_joined_and_echoed_whole() {
     each_backend(no_tweak, |io, addr| async move {
         let mut s = raw_upgrade(addr, &[]).await;
         s.write_all(&masked(false, 2, b"ab")).await.unwrap();
+        // A ping between fragments is answered at once.
+        s.write_all(&masked(true, 9, b"p")).await.unwrap();
         s.write_all(&masked(false, 0, b"cd")).await.unwrap();
         s.write_all(&masked(true, 0, b"e")).await.unwrap();
-        let frames = [
-            read_frame(&mut s).await,
-            read_frame(&mut s).await,
-            read_frame(&mut s).await,
-        ];
+        let frames = [read_frame(&mut s).await, read_frame(&mut s).await];
         assert_eq!(
             frames.map(|f| (f.fin, f.opcode, f.payload)),
-            [
-                (false, 2, b"ab".to_vec()),
-                (false, 0, b"cd".to_vec()),
-                (true, 0, b"e".to_vec())
-            ],
+            [(true, 10, b"p".to_vec()), (true, 2, b"abcde".to_vec())],
             "{io:?}"
+        );
+        // Text joined across a code point split between fragments.
+        s.write_all(&masked(false, 1, b"caf\xc3")).await.unwrap();
+        s.write_all(&masked(true, 0, b"\xa9")).await.unwrap();
+        let f = read_frame(&mut s).await;
+        assert_eq!(
+            (f.fin, f.opcode, f.payload),
+            (true, 1, "café".as_bytes().to_vec())
         );
     })
     .await;
@@ -148,8 +150,8 @@ async fn oversize_messages_close_with_1009() {
         bytes.extend(masked(true, 0, &[1; 600]));
         let mut s = raw_upgrade(addr, &[]).await;
         s.write_all(&bytes).await.unwrap();
-        assert_eq!(read_frame(&mut s).await.payload.len(), 600, "{io:?}");
         expect_close(&mut s, 1009).await;
+        let _ = io;
         // A 2^63 length header is refused without waiting for (or allocating) it.
         let mut huge = vec![0x82, 0xff];
         huge.extend_from_slice(&(1u64 << 63).to_be_bytes());

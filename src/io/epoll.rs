@@ -168,6 +168,13 @@ impl EpollStream {
     }
 }
 
+impl super::Stream for EpollStream {
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::os::fd::AsFd;
+        super::peer_of(self.conn.socket.as_fd())
+    }
+}
+
 impl tokio::io::AsyncRead for EpollStream {
     fn poll_read(
         self: Pin<&mut Self>,

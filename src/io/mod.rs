@@ -147,8 +147,27 @@ pub fn block_on<F: Future>(choice: &Choice, f: F) -> io::Result<F::Output> {
 }
 
 /// A byte stream the HTTP and WebSocket layers can run on.
-pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> Stream for T {}
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static {
+    /// The peer's address, if the stream is a connected socket.
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+impl Stream for tokio::net::TcpStream {
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        tokio::net::TcpStream::peer_addr(self).ok()
+    }
+}
+
+/// In-memory connections (tests, benchmarks, fuzzing) have no peer address.
+impl Stream for tokio::io::DuplexStream {}
+
+/// The address of the peer of a connected socket.
+fn peer_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
+    let addr = rustix::net::getpeername(fd).ok()??;
+    std::net::SocketAddr::try_from(addr).ok()
+}
 
 /// What an accept loop hands each accepted connection to.
 pub trait Handler {

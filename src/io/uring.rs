@@ -324,6 +324,19 @@ impl<R> UringStream<R> {
     }
 }
 
+impl<R> super::Stream for Pin<Box<UringStream<R>>>
+where
+    R: Future<Output = ReadOutput> + 'static,
+{
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor belongs to `self.stream`, which this borrow
+        // does not outlive (it ends with this call), so it stays open.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        super::peer_of(fd)
+    }
+}
+
 impl<R> AsyncRead for UringStream<R>
 where
     R: Future<Output = ReadOutput>,

@@ -687,6 +687,12 @@ impl<'f, S> WebSocket<S> {
 
   /// The stream and the read buffer at once (ringws patch), to write a
   /// reply framed in place.
+  /// The stream, beside a frame borrowed from the read buffer (ringws
+  /// patch).
+  pub fn stream(&self) -> &S {
+    &self.stream
+  }
+
   pub fn stream_and_buffer(&mut self) -> (&mut S, &BytesMut) {
     (&mut self.stream, &self.read_half.buffer)
   }

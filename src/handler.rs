@@ -1,0 +1,505 @@
+//! The application's side of a connection: a [`Handler`] decides upgrades
+//! and reacts to a session's events, through a [`Conn`] that sends and
+//! closes. [`Echo`] is the handler the `ringws` binary runs.
+//!
+//! A server runs one clone of the handler per worker, so a handler's own
+//! fields are per-worker unless they are shared (an `Arc`). Each connection
+//! has a [`Handler::State`] of the handler's choosing, made by
+//! [`Handler::upgrade`] and held inline in the session (an idle connection
+//! costs its size: `()` for echo).
+//!
+//! Callbacks run on the worker's thread, one at a time, and must not block:
+//! a callback that waits holds every connection of its worker. Work that
+//! waits (a database, another service) belongs on a runtime the application
+//! owns, answered later (the README shows how).
+//!
+//! ```no_run
+//! use ringws::{Accept, Conn, Handler, Message, Refuse, Request};
+//!
+//! /// Counts each connection's messages and answers with the count.
+//! #[derive(Clone)]
+//! struct Counter;
+//!
+//! impl Handler for Counter {
+//!     type State = u64;
+//!
+//!     fn upgrade(&self, req: &Request<'_>) -> Result<Accept<u64>, Refuse> {
+//!         match req.query() {
+//!             Some(q) if q.contains("token=secret") => Ok(Accept::new(0)),
+//!             _ => Err(Refuse::new(401, "a token is required")),
+//!         }
+//!     }
+//!
+//!     fn message(&self, conn: &mut Conn<'_, u64>, _msg: Message<'_>) {
+//!         *conn.state() += 1;
+//!         let n = *conn.state();
+//!         conn.send_text(&n.to_string());
+//!     }
+//! }
+//!
+//! let config = ringws::Config { port: 8080, ..Default::default() };
+//! ringws::Server::bind(config)?.start_with(Counter)?.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
+use hyper::header::HeaderMap;
+
+/// A WebSocket application: what to do with upgrade requests and with the
+/// events of each session. See the [module documentation](self).
+///
+/// Every callback but [`Handler::upgrade`] and [`Handler::message`] has a
+/// default that does nothing. A callback that panics closes its own
+/// connection with 1011 (counted as `ringws_handler_panics_total`); no
+/// further callback runs for that connection.
+pub trait Handler: Clone + Send + 'static {
+    /// Each connection's own state, held inline in its session.
+    type State: 'static;
+
+    /// Decides an upgrade request that is a valid WebSocket handshake on
+    /// `--path`: accept it with the connection's state (and perhaps a
+    /// subprotocol), or refuse it with a status and a reason.
+    fn upgrade(&self, req: &Request<'_>) -> Result<Accept<Self::State>, Refuse>;
+
+    /// The session has started (the `101` is sent).
+    fn open(&self, conn: &mut Conn<'_, Self::State>) {
+        let _ = conn;
+    }
+
+    /// A whole message: text as validated UTF-8, binary as bytes, borrowed
+    /// from the read buffer where it lies (a fragmented message is joined
+    /// first).
+    fn message(&self, conn: &mut Conn<'_, Self::State>, msg: Message<'_>);
+
+    /// What this connection had queued, after waiting for the peer to read,
+    /// is sent.
+    fn drained(&self, conn: &mut Conn<'_, Self::State>) {
+        let _ = conn;
+    }
+
+    /// The session ended with an error: a protocol violation by the peer, a
+    /// lost connection, a message over `--max-message-size`, backpressure
+    /// over `--max-backpressure`. [`Handler::close`] follows.
+    fn error(&self, state: &mut Self::State, error: &Error) {
+        let _ = (state, error);
+    }
+
+    /// The session is over: `code` and `reason` as the peer sent them, or as
+    /// ringws closed (`1006` when the connection was lost without a Close
+    /// frame, `1005` when a Close frame carried no code). Called once.
+    fn close(&self, state: &mut Self::State, code: u16, reason: &str) {
+        let _ = (state, code, reason);
+    }
+}
+
+/// A message as the handler receives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message (valid UTF-8).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+
+    /// True for a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Message::Text(_))
+    }
+}
+
+/// An upgrade request, as [`Handler::upgrade`] sees it (already checked to
+/// be a valid WebSocket handshake on `--path`).
+pub struct Request<'a> {
+    pub(crate) req: &'a hyper::Request<hyper::body::Incoming>,
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// The method (always `GET` for a valid upgrade).
+    pub fn method(&self) -> &str {
+        self.req.method().as_str()
+    }
+
+    /// The path of the request target.
+    pub fn path(&self) -> &str {
+        self.req.uri().path()
+    }
+
+    /// The query of the request target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.req.uri().query()
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.req.headers()
+    }
+
+    /// A header's value as text, if present and visible ASCII (the first
+    /// one, if repeated).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.req.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The peer's address (the proxy's, behind one).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The subprotocols the client offers in `Sec-WebSocket-Protocol`, in
+    /// its order of preference.
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        self.req
+            .headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// An accepted upgrade: the connection's state, and the subprotocol chosen.
+pub struct Accept<S> {
+    pub(crate) state: S,
+    pub(crate) protocol: Option<String>,
+}
+
+impl<S> Accept<S> {
+    /// Accepts with `state` and no subprotocol.
+    pub fn new(state: S) -> Self {
+        Accept {
+            state,
+            protocol: None,
+        }
+    }
+
+    /// Selects `protocol`, which must be one the client offered
+    /// ([`Request::protocols`]); answered in `Sec-WebSocket-Protocol`.
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.protocol = Some(protocol.to_owned());
+        self
+    }
+}
+
+/// A refused upgrade: the status and a one-line reason sent as the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refuse {
+    pub(crate) status: u16,
+    pub(crate) reason: Cow<'static, str>,
+}
+
+impl Refuse {
+    /// Refuses with `status` (a 4xx or 5xx code; anything else is answered
+    /// as 500) and `reason`.
+    pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Refuse {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a session ended other than by a clean close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub(crate) code: u16,
+    pub(crate) reason: Cow<'static, str>,
+}
+
+impl Error {
+    /// The close code sent (or 1006 when the connection was lost).
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// What happened, in a line.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason, self.code)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What became of a message given to [`Conn::send_text`] or
+/// [`Conn::send_binary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued for sending, in order.
+    Queued,
+    /// Dropped: the connection already had `--max-backpressure` bytes
+    /// queued and the policy is `drop`.
+    Dropped,
+    /// Not sent: the connection is closing (it had `--max-backpressure`
+    /// bytes queued and the policy is `close`, or the handler closed it).
+    Closing,
+}
+
+/// What a handler asked of its connection during a callback, carried out
+/// by the session when the callback returns.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    /// Answer the message with itself, framed where it lies.
+    pub reply_in_place: bool,
+    /// Close with this code and reason.
+    pub close: Option<(u16, Cow<'static, str>)>,
+    /// The backpressure cap was reached with the `close` policy.
+    pub over_cap: bool,
+    /// Messages dropped at the cap (the `drop` policy).
+    pub dropped: u32,
+    /// Messages sent.
+    pub sent: u32,
+}
+
+/// How a connection's queued output is bounded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backpressure {
+    /// `--max-backpressure`.
+    pub cap: usize,
+    /// `--backpressure-policy drop`.
+    pub drop: bool,
+}
+
+/// A connection, as a handler's callback sees it: its state, and the ways
+/// to send and close. Valid for the callback only; to send later (from
+/// another task or thread), see the README.
+pub struct Conn<'a, S> {
+    state: &'a mut S,
+    /// Frames sent during this callback, written when it returns.
+    out: &'a mut BytesMut,
+    /// Bytes already waiting for the peer before this callback.
+    queued: usize,
+    /// The message being handled ([`Handler::message`] only).
+    message: Option<Message<'a>>,
+    peer: &'a dyn Fn() -> Option<SocketAddr>,
+    limits: Backpressure,
+    requests: Requests,
+}
+
+impl<'a, S> Conn<'a, S> {
+    pub(crate) fn new(
+        state: &'a mut S,
+        out: &'a mut BytesMut,
+        queued: usize,
+        message: Option<Message<'a>>,
+        peer: &'a dyn Fn() -> Option<SocketAddr>,
+        limits: Backpressure,
+    ) -> Self {
+        Conn {
+            state,
+            out,
+            queued,
+            message,
+            peer,
+            limits,
+            requests: Requests::default(),
+        }
+    }
+
+    pub(crate) fn into_requests(self) -> Requests {
+        self.requests
+    }
+
+    /// The connection's state.
+    pub fn state(&mut self) -> &mut S {
+        self.state
+    }
+
+    /// The peer's address (the proxy's, behind one).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        (self.peer)()
+    }
+
+    /// Bytes queued for this connection and not yet written to its socket,
+    /// including what this callback sent.
+    pub fn queued(&self) -> usize {
+        self.queued + self.out.len()
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> Sent {
+        self.send(0x1, text.as_bytes())
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, bytes: &[u8]) -> Sent {
+        self.send(0x2, bytes)
+    }
+
+    /// Answers the message being handled with itself (echo): the reply is
+    /// framed where the message lies in the read buffer and sent from there,
+    /// without a copy, unless something was sent before it in this callback
+    /// (then it is copied after that). Only in [`Handler::message`];
+    /// elsewhere it does nothing.
+    pub fn reply_in_place(&mut self) -> Sent {
+        let Some(msg) = self.message else {
+            return Sent::Dropped;
+        };
+        if self.out.is_empty() && self.queued == 0 && !self.requests.reply_in_place {
+            self.requests.reply_in_place = true;
+            return Sent::Queued;
+        }
+        let opcode = if msg.is_text() { 0x1 } else { 0x2 };
+        self.send(opcode, msg.as_bytes())
+    }
+
+    /// Closes the connection with `code` (1000, or 3000–4999 for the
+    /// application's own) and `reason` (at most 123 bytes; longer is cut at
+    /// a character boundary), after what was sent before.
+    pub fn close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        if self.requests.close.is_none() {
+            let mut reason = reason.into();
+            if reason.len() > 123 {
+                let mut end = 123;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason = Cow::Owned(reason[..end].to_owned());
+            }
+            self.requests.close = Some((code, reason));
+        }
+    }
+
+    fn send(&mut self, opcode: u8, payload: &[u8]) -> Sent {
+        if self.requests.close.is_some() || self.requests.over_cap {
+            return Sent::Closing;
+        }
+        if self.queued() > self.limits.cap {
+            if self.limits.drop {
+                self.requests.dropped += 1;
+                return Sent::Dropped;
+            }
+            self.requests.over_cap = true;
+            return Sent::Closing;
+        }
+        // The in-place reply goes first: it was asked for before this.
+        if self.requests.reply_in_place
+            && let Some(msg) = self.message
+        {
+            self.requests.reply_in_place = false;
+            let code = if msg.is_text() { 0x1 } else { 0x2 };
+            put_frame(self.out, code, msg.as_bytes());
+            self.requests.sent += 1;
+        }
+        put_frame(self.out, opcode, payload);
+        self.requests.sent += 1;
+        Sent::Queued
+    }
+}
+
+/// Appends an unmasked, unfragmented server frame.
+pub(crate) fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.reserve(len + 10);
+    out.put_u8(0x80 | opcode);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.put_u8(126);
+        out.put_u16(len);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+    out.put_slice(payload);
+}
+
+/// The echo server: every message is answered with itself, from where it
+/// lies in the read buffer. Accepts every upgrade.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+
+    fn upgrade(&self, _req: &Request<'_>) -> Result<Accept<()>, Refuse> {
+        Ok(Accept::new(()))
+    }
+
+    fn message(&self, conn: &mut Conn<'_, ()>, _msg: Message<'_>) {
+        conn.reply_in_place();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn<'a>(state: &'a mut u8, out: &'a mut BytesMut, cap: usize, drop: bool) -> Conn<'a, u8> {
+        Conn::new(
+            state,
+            out,
+            0,
+            Some(Message::Text("hi")),
+            &|| None,
+            Backpressure { cap, drop },
+        )
+    }
+
+    #[test]
+    fn frames_use_the_shortest_length_encoding() {
+        for (len, head) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let mut out = BytesMut::new();
+            put_frame(&mut out, 0x2, &vec![7; len]);
+            assert_eq!(out.len(), head + len, "{len}");
+            assert_eq!(out[0], 0x82);
+        }
+    }
+
+    #[test]
+    fn an_in_place_reply_keeps_its_place_before_later_sends() {
+        let (mut state, mut out) = (0, BytesMut::new());
+        let mut c = conn(&mut state, &mut out, 1 << 20, false);
+        assert_eq!(c.reply_in_place(), Sent::Queued);
+        assert_eq!(c.queued(), 0, "in place: nothing copied");
+        assert_eq!(c.send_text("x"), Sent::Queued);
+        let req = c.into_requests();
+        assert!(!req.reply_in_place, "copied, ahead of the later send");
+        assert_eq!(&out[..], b"\x81\x02hi\x81\x01x");
+    }
+
+    #[test]
+    fn the_cap_drops_or_closes() {
+        let (mut state, mut out) = (0, BytesMut::new());
+        let mut c = conn(&mut state, &mut out, 4, true);
+        assert_eq!(c.send_binary(b"abcd"), Sent::Queued);
+        assert_eq!(c.send_binary(b"e"), Sent::Dropped);
+        assert_eq!(c.into_requests().dropped, 1);
+        let (mut state, mut out) = (0, BytesMut::new());
+        let mut c = conn(&mut state, &mut out, 4, false);
+        assert_eq!(c.send_binary(b"abcd"), Sent::Queued);
+        assert_eq!(c.send_binary(b"e"), Sent::Closing);
+        assert_eq!(c.send_binary(b"f"), Sent::Closing);
+        assert!(c.into_requests().over_cap);
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_at_a_character_boundary() {
+        let (mut state, mut out) = (0, BytesMut::new());
+        let mut c = conn(&mut state, &mut out, 4, false);
+        c.close(4000, "é".repeat(70));
+        let (code, reason) = c.into_requests().close.unwrap();
+        assert_eq!(code, 4000);
+        assert_eq!(reason.len(), 122);
+    }
+}
