@@ -118,7 +118,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "== building (release)"
-cargo build --release --bin ringws --bin ringws-load >&2
+cargo build --release -p ringws -p ringws-load >&2
 cargo build --release --manifest-path benches/baselines/Cargo.toml >&2
 
 server_cmd() { # name port

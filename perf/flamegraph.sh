@@ -34,7 +34,7 @@ fi
 
 log "building (profile profiling, frame pointers) into $CARGO_TARGET_DIR"
 RUSTFLAGS="-C force-frame-pointers=yes" \
-    cargo build --quiet --locked --profile profiling --bin ringws --bin ringws-load
+    cargo build --quiet --locked --profile profiling -p ringws -p ringws-load
 
 mkdir -p "$OUT"
 SERVER=""

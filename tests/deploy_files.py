@@ -231,7 +231,8 @@ def cargo_required_paths(cargo):
     for reg in (cargo.get("patch") or {}).values():
         deps(reg)
     for member in (cargo.get("workspace") or {}).get("members", []):
-        need.add(member)
+        if member != ".":  # the root package itself: its paths are listed above
+            need.add(member)
     return {str(Path(p)) for p in need}
 
 

@@ -52,7 +52,7 @@ if ! [[ $rate_pct =~ ^[0-9]+$ ]] || [ "$rate_pct" -lt 1 ] || [ "$rate_pct" -gt 1
 fi
 
 echo "== cargo build --release (ringws, ringws-load)"
-cargo build --release --locked --bin ringws --bin ringws-load || exit 1
+cargo build --release --locked -p ringws -p ringws-load || exit 1
 
 pin_server=()
 pin_client=()
