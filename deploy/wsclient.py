@@ -15,6 +15,12 @@ pod-check   Start a server command the way the Knative pod would, connect real W
             --expect-fail: the command must instead exit non-zero before serving
             (a forced io_uring backend where io_uring is forbidden).
 
+            For a server inside a container runtime (deploy/runc-local.sh): --port is the
+            port it listens on, --term-cmd the command that delivers SIGTERM (`runc kill ID
+            TERM`) in place of kill(2) on CMD, --pid-file the file where CMD writes the server's
+            PID (`runc run --pid-file`), read for the /proc checks (--expect-status,
+            --expect-ro-root, --expect-seccomp).
+
 hold        Open N connections to a URL, echo one message on each, hold them open (answering
             pings) for a while, and report how they ended. For watching Knative scale
             (deploy/README.md); runs inside the cluster with
@@ -30,6 +36,7 @@ import os
 import random
 import resource
 import selectors
+import shlex
 import signal
 import socket
 import struct
@@ -342,9 +349,50 @@ def client_worker(idx, cl, laggard, got_close, may_reply, grace, result):
         cl.close()
 
 
+def server_pid(args, proc):
+    """The server's PID: CMD itself, or the one CMD wrote to --pid-file."""
+    if not args.pid_file:
+        return proc.pid
+    try:
+        with open(args.pid_file) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def check_proc(rep, args, pid):
+    """/proc checks of the running server: status fields and a read-only root."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            status = {k: v.split()[0] if v.split() else ""
+                      for k, _, v in (l.partition(":") for l in f)}
+    except (OSError, TypeError) as e:
+        if args.expect_seccomp or args.expect_status or args.expect_ro_root:
+            rep.fail("/proc status of the server (pid %s): %s" % (pid, e))
+        return
+    print("    /proc/%d/status Seccomp: %s (0 none, 2 filter), Uid: %s, Gid: %s, CapEff: %s, "
+          "NoNewPrivs: %s" % (pid, status.get("Seccomp", "?"), status.get("Uid", "?"),
+                              status.get("Gid", "?"), status.get("CapEff", "?"),
+                              status.get("NoNewPrivs", "?")), flush=True)
+    if args.expect_seccomp:
+        rep.check(status.get("Seccomp") == "2", "a seccomp filter is in force")
+    for kv in args.expect_status:
+        k, _, v = kv.partition("=")
+        rep.check(status.get(k) == v, "/proc status %s: %s" % (k, v),
+                  "got %r" % status.get(k))
+    if args.expect_ro_root:
+        try:
+            with open("/proc/%d/mountinfo" % pid) as f:
+                root = [l.split() for l in f if l.split()[4] == "/"]
+            opts = root[-1][5].split(",") if root else []
+            rep.check("ro" in opts, "root filesystem mounted read-only", ",".join(opts))
+        except OSError as e:
+            rep.fail("root filesystem mounted read-only: %s" % e)
+
+
 def pod_check(args):
     rep = Report()
-    port = free_port()
+    port = args.port or free_port()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PORT": str(port),
            # what Knative puts in every user container
            "K_SERVICE": "ringws", "K_CONFIGURATION": "ringws", "K_REVISION": "ringws-00001"}
@@ -368,6 +416,9 @@ def pod_check(args):
             last = tail(log_path, 3).strip().splitlines()
             if last:
                 print("    log   " + last[-1], flush=True)
+            if args.expect_log:
+                rep.check(any(args.expect_log.lower() in l.lower() for l in last),
+                          "log gives the reason: %r" % args.expect_log)
             return rep
 
         t_start = time.monotonic()
@@ -378,15 +429,7 @@ def pod_check(args):
         print("    ready after %.2fs" % (time.monotonic() - t_start), flush=True)
         status, _, _ = http_get("127.0.0.1", port, "/healthz")
         rep.check(status == 200, "/healthz 200", "got %d" % status)
-        try:
-            with open("/proc/%d/status" % proc.pid) as f:
-                seccomp = [l.split()[1] for l in f if l.startswith("Seccomp:")]
-            print("    /proc/%d/status Seccomp: %s (0 none, 2 filter)"
-                  % (proc.pid, seccomp[0] if seccomp else "?"), flush=True)
-            if args.expect_seccomp:
-                rep.check(seccomp == ["2"], "a seccomp filter is in force")
-        except OSError:
-            pass
+        check_proc(rep, args, server_pid(args, proc))
         with open(log_path, errors="replace") as f:
             startup_log = f.read().splitlines()
         for line in startup_log:
@@ -438,8 +481,14 @@ def pod_check(args):
         for t in threads:
             t.start()
         t_term = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
-        print("    sent SIGTERM to pid %d" % proc.pid, flush=True)
+        if args.term_cmd:
+            term = subprocess.run(shlex.split(args.term_cmd), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=args.grace)
+            rep.check(term.returncode == 0, "SIGTERM delivered: %s" % args.term_cmd,
+                      "exit code %d: %s" % (term.returncode, term.stderr.strip()[-200:]))
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+            print("    sent SIGTERM to pid %d" % proc.pid, flush=True)
         got_close[lag].wait(args.grace)
 
         # Draining: the laggard has not answered, so the server is still up and draining.
@@ -618,6 +667,15 @@ def main(argv):
                    help="check that a line of the server's startup log contains TEXT (any case)")
     p.add_argument("--expect-fail", action="store_true",
                    help="the command must exit non-zero before becoming ready")
+    p.add_argument("--port", type=int, default=0,
+                   help="the port the server listens on (default: a free one, passed as PORT)")
+    p.add_argument("--term-cmd", metavar="COMMAND",
+                   help="run this to send SIGTERM (e.g. 'runc kill ID TERM') instead of kill(2)")
+    p.add_argument("--pid-file", help="where CMD writes the server's PID, for the /proc checks")
+    p.add_argument("--expect-status", action="append", default=[], metavar="FIELD=VALUE",
+                   help="check the first word of a /proc/PID/status field, e.g. Uid=65532")
+    p.add_argument("--expect-ro-root", action="store_true",
+                   help="check that the server's root filesystem is mounted read-only")
     p.add_argument("cmd", nargs="+")
 
     h = sub.add_parser("hold", help="open N connections and keep them open")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Static checks of the deployment files: deploy/*.yaml, the seccomp profile,
+"""Static checks of the deployment files: deploy/*.yaml, the seccomp profiles,
 Dockerfile.distroless and .dockerignore, against each other and against the server's source.
 
     python3 tests/deploy_files.py                        run every check (exit 1 on any failure)
@@ -28,6 +28,9 @@ DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "Dockerfile.distroless"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SECCOMP = DEPLOY / "seccomp" / "ringws-iouring.json"
+# containerd 2.x's RuntimeDefault, transcribed for x86_64 and no capabilities (deploy/README.md
+# section 10); deploy/runc-local.sh runs the server under it.
+RUNTIME_DEFAULT = DEPLOY / "seccomp" / "containerd-runtime-default.json"
 
 # --- Knative facts (knative/serving: config/core/configmaps/*.yaml, pkg/apis/...) ---------
 KN_DEFAULT_CC_MAX_LIMIT = 1000          # config-defaults container-concurrency-max-limit
@@ -69,6 +72,11 @@ PRIVILEGED_SYSCALLS = {
     "vhangup", "fsopen", "fsmount", "fsconfig", "move_mount", "open_tree", "lookup_dcookie",
     "userfaultfd", "clone", "clone3", "socket",
 }
+# What RuntimeDefault allows only on other architectures (containerd's arm/arm64 and riscv64
+# rules); ringws-iouring.json lists them for arm64 nodes.
+OTHER_ARCH_SYSCALLS = {"arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2",
+                       "breakpoint", "cacheflush", "set_tls", "riscv_flush_icache",
+                       "riscv_hwprobe"}
 # What a tokio server cannot run without (a profile missing these would break the pod).
 SERVER_SYSCALLS = {
     "read", "write", "readv", "writev", "close", "accept4", "bind", "listen", "setsockopt",
@@ -528,6 +536,55 @@ def check_seccomp():
             p + ": clone allowed only without namespace flags (argument rule)")
 
 
+def seccomp_grants(prof, action="SCMP_ACT_ALLOW"):
+    """{(syscall, its argument conditions)} of the rules with `action`."""
+    return {(n, json.dumps([{"valueTwo": 0, **a} for a in r.get("args") or []], sort_keys=True))
+            for r in prof.get("syscalls") or [] if r.get("action") == action for n in r["names"]}
+
+
+def check_runtime_default():
+    p = "deploy/seccomp/" + RUNTIME_DEFAULT.name
+    try:
+        prof = json.loads(RUNTIME_DEFAULT.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        C.fail(p + ": valid JSON", e)
+        return
+    C.check(True, p + ": valid JSON")
+    C.check(prof.get("defaultAction") == "SCMP_ACT_ERRNO", p + ": denies by default (SCMP_ACT_ERRNO)")
+    C.check(prof.get("architectures") == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            p + ": containerd's architectures for amd64", prof.get("architectures"))
+    rules = prof.get("syscalls") or []
+    C.check(rules and all(isinstance(r.get("names"), list) and r["names"]
+                          and r.get("action") in SECCOMP_ACTIONS for r in rules),
+            p + ": every rule has names and a known action")
+    names = {n for r in rules for n in r.get("names", [])}
+    C.check(not names & IO_URING_SYSCALLS, p + ": names no io_uring syscall (RuntimeDefault "
+            "denies them by its default action)", sorted(names & IO_URING_SYSCALLS))
+    unconditional = {n for r in rules if r.get("action") == "SCMP_ACT_ALLOW" and not r.get("args")
+                     for n in r["names"]}
+    C.check(not (unconditional & PRIVILEGED_SYSCALLS),
+            p + ": grants no capability-gated syscall (resolved for a container that drops ALL)",
+            sorted(unconditional & PRIVILEGED_SYSCALLS))
+    C.check(SERVER_SYSCALLS <= unconditional, p + ": allows what a tokio server needs",
+            sorted(SERVER_SYSCALLS - unconditional))
+    # ringws-iouring.json is RuntimeDefault plus io_uring: on x86_64, its base may grant
+    # nothing that RuntimeDefault denies.
+    try:
+        iouring = json.loads(SECCOMP.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    wider = sorted(n for n, args in seccomp_grants(iouring) - seccomp_grants(prof)
+                   if n not in IO_URING_SYSCALLS | OTHER_ARCH_SYSCALLS)
+    C.check(not wider, "deploy/seccomp/%s: beyond io_uring, allows nothing %s denies on x86_64"
+            % (SECCOMP.name, RUNTIME_DEFAULT.name), wider)
+    errno_rules = {(n, r.get("errnoRet")) for r in rules if r.get("action") == "SCMP_ACT_ERRNO"
+                   for n in r["names"]}
+    errno_iouring = {(n, r.get("errnoRet")) for r in iouring.get("syscalls") or []
+                     if r.get("action") == "SCMP_ACT_ERRNO" for n in r["names"]}
+    C.check(errno_rules == errno_iouring, "deploy/seccomp/%s: the same errno rules as %s"
+            % (SECCOMP.name, RUNTIME_DEFAULT.name), sorted(errno_rules ^ errno_iouring))
+
+
 # ------------------------------------------------------------------------------------------
 # Dockerfile
 # ------------------------------------------------------------------------------------------
@@ -745,8 +802,9 @@ def check_scripts():
             C.check(True, rel + " compiles")
         except (OSError, SyntaxError) as e:
             C.fail(rel + " compiles", e)
-    sh = ROOT / "deploy" / "pod-local.sh"
-    C.check(sh.exists() and sh.stat().st_mode & 0o111, "deploy/pod-local.sh is executable")
+    for rel in ("deploy/pod-local.sh", "deploy/runc-local.sh"):
+        sh = ROOT / rel
+        C.check(sh.exists() and sh.stat().st_mode & 0o111, rel + " is executable")
 
 
 def main(argv):
@@ -780,6 +838,7 @@ def main(argv):
                 "deploy/service-iouring.yaml: RINGWS_IO uring (fail loudly if io_uring is denied)")
     check_operator_patches(docs, services)
     check_seccomp()
+    check_runtime_default()
     check_dockerfile(facts, services)
     check_scripts()
     print("%d passed, %d failed" % (C.passed, C.failed))
