@@ -1188,7 +1188,7 @@ mod size {
     fn session_future_stays_small() {
         // What an idle connection costs, plus tokio's task header and
         // trailer (~100 B; the task is 128-byte aligned, so up to ~280 B the
-        // task stays a 384-byte allocation): README, "How it is built".
+        // task stays a 384-byte allocation): docs/architecture.md.
         let size =
             std::mem::size_of::<super::Session<tokio::net::TcpStream, crate::handler::Echo>>();
         assert!(size <= 280, "Session<TcpStream> grew to {size} B");

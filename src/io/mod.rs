@@ -42,7 +42,7 @@ impl fmt::Display for Backend {
 
 /// The backend `--io auto` picks when io_uring is available.
 ///
-/// Decided by measurement (README, "Performance"; re-measure on your kernel
+/// Decided by measurement (docs/performance.md; re-measure on your kernel
 /// with `benches/compare.sh`): on this machine's kernel (6.18) the epoll
 /// backend cost less server CPU per message than the io_uring one at 20 B,
 /// 16 KiB and per handshake in every run, at 1 KiB in all but one (a tie),
