@@ -7,6 +7,7 @@
 //! imports only the leaves that make up a worker's state.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use crate::budget::Budget;
 use crate::buffers::BufferPool;
 use crate::config::{BackpressurePolicy, Config};
 use crate::drain::Drain;
-use crate::handler::{Backpressure, Echo, Handler};
+use crate::handler::{Backpressure, Echo, Handler, Mailbox};
 use crate::handshakes::Handshakes;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::sessions::LocalSessions;
@@ -45,6 +46,8 @@ pub struct Worker<H: Handler = Echo> {
     /// and kept by the session if the callback sent anything (the next
     /// callback then starts with a buffer from the pool).
     pub out: RefCell<BytesMut>,
+    /// The mailboxes of the sessions that gave out a `Sender`, by key.
+    pub(crate) mailboxes: RefCell<HashMap<usize, Arc<Mailbox>>>,
     /// Process-wide state.
     pub shared: Arc<Shared>,
     /// This worker's counters (this thread is their only writer).
@@ -102,6 +105,7 @@ impl<H: Handler> Worker<H> {
         Rc::new(Worker {
             handler,
             out: RefCell::default(),
+            mailboxes: RefCell::default(),
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
             budget: Budget::new(shared.buffered_share),

@@ -45,6 +45,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use bytes::{BufMut, BytesMut};
 use hyper::header::HeaderMap;
@@ -269,6 +272,8 @@ pub(crate) struct Requests {
     pub dropped: u32,
     /// Messages sent.
     pub sent: u32,
+    /// [`Conn::sender`] made the connection's mailbox.
+    pub new_mailbox: Option<Arc<Mailbox>>,
 }
 
 /// How a connection's queued output is bounded.
@@ -293,6 +298,8 @@ pub struct Conn<'a, S> {
     message: Option<Message<'a>>,
     peer: &'a dyn Fn() -> Option<SocketAddr>,
     limits: Backpressure,
+    /// The connection's mailbox, if a [`Sender`] was made before.
+    mailbox: Option<Arc<Mailbox>>,
     requests: Requests,
 }
 
@@ -304,6 +311,7 @@ impl<'a, S> Conn<'a, S> {
         message: Option<Message<'a>>,
         peer: &'a dyn Fn() -> Option<SocketAddr>,
         limits: Backpressure,
+        mailbox: Option<Arc<Mailbox>>,
     ) -> Self {
         Conn {
             state,
@@ -312,6 +320,7 @@ impl<'a, S> Conn<'a, S> {
             message,
             peer,
             limits,
+            mailbox,
             requests: Requests::default(),
         }
     }
@@ -346,6 +355,23 @@ impl<'a, S> Conn<'a, S> {
         self.send(0x2, bytes)
     }
 
+    /// A handle that sends to this connection from anywhere (another task,
+    /// another thread, a runtime of the application's own), later: its
+    /// messages go out in the order sent, after what the connection's
+    /// callbacks sent before they arrive, through the worker's wake path.
+    /// Sending never blocks; it fails once the connection is closed. The
+    /// first call makes the connection's mailbox (one allocation); later
+    /// calls clone it.
+    pub fn sender(&mut self) -> Sender {
+        if let Some(mailbox) = &self.mailbox {
+            return Sender(mailbox.clone());
+        }
+        let mailbox = Arc::new(Mailbox::new(self.limits));
+        self.mailbox = Some(mailbox.clone());
+        self.requests.new_mailbox = Some(mailbox.clone());
+        Sender(mailbox)
+    }
+
     /// Answers the message being handled with itself (echo): the reply is
     /// framed where the message lies in the read buffer and sent from there,
     /// without a copy, unless something was sent before it in this callback
@@ -368,15 +394,7 @@ impl<'a, S> Conn<'a, S> {
     /// a character boundary), after what was sent before.
     pub fn close(&mut self, code: u16, reason: impl Into<Cow<'static, str>>) {
         if self.requests.close.is_none() {
-            let mut reason = reason.into();
-            if reason.len() > 123 {
-                let mut end = 123;
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                reason = Cow::Owned(reason[..end].to_owned());
-            }
-            self.requests.close = Some((code, reason));
+            self.requests.close = Some((code, cut_reason(reason.into())));
         }
     }
 
@@ -405,6 +423,179 @@ impl<'a, S> Conn<'a, S> {
         self.requests.sent += 1;
         Sent::Queued
     }
+}
+
+/// A connection's mailbox: what [`Sender`]s queued for it, framed, and how
+/// to wake its session.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    mail: Mutex<Mail>,
+    /// `mail` has something for the session (checked without the lock).
+    pending: AtomicBool,
+    /// Bytes queued here plus those the session took and has not written:
+    /// what `--max-backpressure` bounds.
+    queued: AtomicUsize,
+    limits: Backpressure,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Mail {
+    /// Frames sent, in order.
+    pub bytes: BytesMut,
+    /// A close asked for by a sender.
+    pub close: Option<(u16, Cow<'static, str>)>,
+    /// A send found the cap reached, policy `close`.
+    pub over_cap: bool,
+    /// Messages dropped at the cap, policy `drop`.
+    pub dropped: u32,
+    /// Messages queued.
+    pub sent: u32,
+    /// The session is over: nothing more is taken.
+    closed: bool,
+    /// The session's waker, registered when it waits.
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    fn new(limits: Backpressure) -> Self {
+        Mailbox {
+            mail: Mutex::default(),
+            pending: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mail> {
+        // A panic while holding the lock leaves the mail consistent (every
+        // change under it is one assignment or one append).
+        self.mail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `f`'s frames, or applies the backpressure policy, and wakes
+    /// the session.
+    fn post(&self, f: impl FnOnce(&mut Mail)) -> Sent {
+        let mut mail = self.lock();
+        if mail.closed || mail.close.is_some() || mail.over_cap {
+            return Sent::Closing;
+        }
+        let sent = if self.queued.load(Ordering::Acquire) > self.limits.cap {
+            if self.limits.drop {
+                mail.dropped += 1;
+                Sent::Dropped
+            } else {
+                mail.over_cap = true;
+                Sent::Closing
+            }
+        } else {
+            let before = mail.bytes.len();
+            f(&mut mail);
+            self.queued
+                .fetch_add(mail.bytes.len() - before, Ordering::AcqRel);
+            Sent::Queued
+        };
+        self.pending.store(true, Ordering::Release);
+        if let Some(waker) = &mail.waker {
+            waker.wake_by_ref();
+        }
+        sent
+    }
+
+    /// The session takes what was posted (swapping in `empty`), if anything.
+    pub(crate) fn take(&self, empty: BytesMut) -> Option<Mail> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let mut mail = self.lock();
+        let bytes = std::mem::replace(&mut mail.bytes, empty);
+        Some(Mail {
+            bytes,
+            close: mail.close.take(),
+            over_cap: std::mem::take(&mut mail.over_cap),
+            dropped: std::mem::take(&mut mail.dropped),
+            sent: std::mem::take(&mut mail.sent),
+            closed: false,
+            waker: None,
+        })
+    }
+
+    /// The session will wait: posts wake `waker`. True if something was
+    /// posted meanwhile (the session takes it instead of waiting).
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        let mut mail = self.lock();
+        if !mail.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            mail.waker = Some(waker.clone());
+        }
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// A send found the cap reached with the `close` policy.
+    pub(crate) fn over_cap(&self) -> bool {
+        self.lock().over_cap
+    }
+
+    /// The session wrote `bytes` of what it took.
+    pub(crate) fn written(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// The session is over: senders get [`Sent::Closing`] from now on.
+    pub(crate) fn close(&self) {
+        let mut mail = self.lock();
+        mail.closed = true;
+        mail.waker = None;
+        mail.bytes = BytesMut::new();
+    }
+}
+
+/// Sends to one connection from any thread or task (see [`Conn::sender`]).
+/// Cheap to clone; holding one keeps only the connection's mailbox alive,
+/// not the connection.
+#[derive(Clone, Debug)]
+pub struct Sender(Arc<Mailbox>);
+
+impl Sender {
+    /// Sends a text message.
+    pub fn send_text(&self, text: &str) -> Sent {
+        self.0.post(|mail| {
+            put_frame(&mut mail.bytes, 0x1, text.as_bytes());
+            mail.sent += 1;
+        })
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&self, bytes: &[u8]) -> Sent {
+        self.0.post(|mail| {
+            put_frame(&mut mail.bytes, 0x2, bytes);
+            mail.sent += 1;
+        })
+    }
+
+    /// Closes the connection with `code` and `reason` after what was sent
+    /// before (see [`Conn::close`]).
+    pub fn close(&self, code: u16, reason: impl Into<Cow<'static, str>>) {
+        let reason = cut_reason(reason.into());
+        self.0.post(|mail| mail.close = Some((code, reason)));
+    }
+
+    /// True once the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        let mail = self.0.lock();
+        mail.closed || mail.close.is_some() || mail.over_cap
+    }
+}
+
+/// A close reason cut to the 123 bytes a Close frame holds, at a character
+/// boundary.
+fn cut_reason(mut reason: Cow<'static, str>) -> Cow<'static, str> {
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason = Cow::Owned(reason[..end].to_owned());
+    }
+    reason
 }
 
 /// Appends an unmasked, unfragmented server frame.
@@ -453,6 +644,7 @@ mod tests {
             Some(Message::Text("hi")),
             &|| None,
             Backpressure { cap, drop },
+            None,
         )
     }
 

@@ -59,6 +59,6 @@ mod worker;
 mod testing;
 
 pub use config::{BackpressurePolicy, Config, IoMode};
-pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sent};
+pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sender, Sent};
 pub use io::Backend;
 pub use server::{DrainHandle, Error, RunningServer, Server};

@@ -37,6 +37,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use std::time::Duration;
@@ -51,7 +52,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sessions::Tick;
 
 use crate::context::{SessionSlot, Worker};
-use crate::handler::{Conn, Handler, Message, Requests};
+use crate::handler::{Conn, Handler, Mailbox, Message, Requests};
 use crate::io::Stream;
 use crate::utf8::Utf8Stream;
 
@@ -116,33 +117,35 @@ fn kib(bytes: usize) -> u32 {
 /// A session's booleans, in one byte: an idle connection costs the
 /// session's size, which must stay in mimalloc's 224-byte class.
 #[derive(Clone, Copy, Debug, Default)]
-struct Flags(u8);
+struct Flags(u16);
 
 impl Flags {
     /// Heard from the peer since the last idle tick.
-    const HEARD: u8 = 1;
+    const HEARD: u16 = 1;
     /// Pinged after a silent idle period, not answered yet.
-    const PINGED: u8 = 2;
+    const PINGED: u16 = 2;
     /// May keep its empty read buffer between messages until the worker
     /// reclaims it (`LocalSessions::try_hold`).
-    const HOLDS: u8 = 4;
+    const HOLDS: u16 = 4;
     /// Buffers an incomplete frame (recorded in the session table).
-    const PARTIAL: u8 = 8;
+    const PARTIAL: u16 = 8;
     /// Refused by the worker's budget of buffered bytes; not reading.
-    const WAITING: u8 = 16;
+    const WAITING: u16 = 16;
     /// What the handler queued had to wait for the peer: tell it when sent.
-    const BACKLOGGED: u8 = 32;
+    const BACKLOGGED: u16 = 32;
     /// The handler has been told the session is over, or panicked: no more
     /// callbacks.
-    const DONE: u8 = 64;
+    const DONE: u16 = 64;
     /// The handler's `open` has run.
-    const OPENED: u8 = 128;
+    const OPENED: u16 = 128;
+    /// A `Sender` was made: the session has a mailbox in its worker's map.
+    const MAILBOX: u16 = 256;
 
-    fn has(self, flag: u8) -> bool {
+    fn has(self, flag: u16) -> bool {
         self.0 & flag != 0
     }
 
-    fn set(&mut self, flag: u8, on: bool) {
+    fn set(&mut self, flag: u16, on: bool) {
         if on {
             self.0 |= flag;
         } else {
@@ -151,7 +154,7 @@ impl Flags {
     }
 
     /// Clears `flag`; true if it was set.
-    fn take(&mut self, flag: u8) -> bool {
+    fn take(&mut self, flag: u16) -> bool {
         let had = self.has(flag);
         self.set(flag, false);
         had
@@ -230,6 +233,8 @@ enum Source {
     Ping,
     /// What the handler sent, framed in a buffer from the worker's pool.
     Queued(BytesMut),
+    /// What `Sender`s sent, taken from the session's mailbox.
+    Mail(BytesMut),
 }
 
 /// Bytes on their way out.
@@ -290,7 +295,7 @@ impl Outgoing {
         let bytes = match &self.source {
             Source::Reply(frame) => &buffer[frame.reply_range()],
             Source::Ping => &PING[..],
-            Source::Queued(buf) => &buf[..],
+            Source::Queued(buf) | Source::Mail(buf) => &buf[..],
         };
         // What the handler queued is written in chunks: the io_uring adapter
         // takes any write whole into a buffer of its own (and stops taking
@@ -298,7 +303,7 @@ impl Outgoing {
         // the queue, and a queue it cannot take at once waits here, where
         // `drained` can tell.
         let chunk = match self.source {
-            Source::Queued(_) => WRITE_CHUNK,
+            Source::Queued(_) | Source::Mail(_) => WRITE_CHUNK,
             _ => usize::MAX,
         };
         while self.written < bytes.len() {
@@ -328,7 +333,7 @@ impl Outgoing {
                 ws.consume(&frame);
             }
             Source::Ping => {}
-            Source::Queued(mut buf) => {
+            Source::Queued(mut buf) | Source::Mail(mut buf) => {
                 worker.metrics.bytes_out.add(buf.len() as u64);
                 buf.clear();
                 worker.buffers.give(buf);
@@ -336,11 +341,16 @@ impl Outgoing {
         }
     }
 
+    /// What the handler or its senders queued (as opposed to a reply).
+    fn is_queue(&self) -> bool {
+        matches!(self.source, Source::Queued(_) | Source::Mail(_))
+    }
+
     /// The bytes not written yet of what the handler queued (sent before a
     /// Close the session ends with).
     fn unsent(self) -> Option<BytesMut> {
         match self.source {
-            Source::Queued(mut buf) if self.written < buf.len() => {
+            Source::Queued(mut buf) | Source::Mail(mut buf) if self.written < buf.len() => {
                 buf.advance(self.written);
                 Some(buf)
             }
@@ -365,6 +375,7 @@ fn call<S: Stream, H: Handler>(
     state: &mut H::State,
     stream: &S,
     message: Option<Message<'_>>,
+    mailbox: Option<Arc<Mailbox>>,
     f: impl FnOnce(&H, &mut Conn<'_, H::State>),
 ) -> Called {
     let mut out = worker.out.take();
@@ -372,7 +383,15 @@ fn call<S: Stream, H: Handler>(
         out = worker.buffers.take();
     }
     let peer = || stream.peer_addr();
-    let mut conn = Conn::new(state, &mut out, 0, message, &peer, worker.backpressure());
+    let mut conn = Conn::new(
+        state,
+        &mut out,
+        0,
+        message,
+        &peer,
+        worker.backpressure(),
+        mailbox,
+    );
     let panicked = catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err();
     let requests = conn.into_requests();
     let sent = if out.is_empty() || panicked {
@@ -447,6 +466,13 @@ impl<S: Stream, H: Handler> Session<S, H> {
             m.backpressure_drops.add(u64::from(requests.dropped));
         }
         worker.metrics.frames_out.add(u64::from(requests.sent));
+        if let Some(mailbox) = requests.new_mailbox {
+            worker
+                .mailboxes
+                .borrow_mut()
+                .insert(self.slot.key(), mailbox);
+            self.flags.set(Flags::MAILBOX, true);
+        }
         if let Some(buf) = sent {
             debug_assert!(self.out.is_none(), "callbacks run with nothing queued");
             self.out = Some(Outgoing::new(Source::Queued(buf)));
@@ -516,6 +542,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
     /// in place if the handler asks so.
     fn on_message(&mut self, frame: InPlace) -> Result<(), End> {
         let worker = self.slot.worker().clone();
+        let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let payload = ws.payload(&frame);
         let msg = if frame.opcode == OpCode::Text {
@@ -531,6 +558,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             &mut self.state,
             ws.stream(),
             Some(msg),
+            mailbox,
             |h, conn| h.message(conn, msg),
         );
         let ws = self.ws.as_mut().expect("not done");
@@ -563,12 +591,14 @@ impl<S: Stream, H: Handler> Session<S, H> {
         } else {
             Message::Binary(&message.data)
         };
+        let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let mut called = call(
             &worker,
             &mut self.state,
             ws.stream(),
             Some(msg),
+            mailbox,
             |h, conn| h.message(conn, msg),
         );
         if called.requests.reply_in_place && !called.panicked {
@@ -578,6 +608,54 @@ impl<S: Stream, H: Handler> Session<S, H> {
             called.requests.sent += 1;
         }
         self.after_call(called)
+    }
+
+    /// Takes what the session's senders posted, if anything: their frames
+    /// to write next, and a close they asked for.
+    fn take_mail(&mut self) -> Result<(), End> {
+        let Some(mailbox) = self.mailbox() else {
+            return Ok(());
+        };
+        let worker = self.slot.worker();
+        let Some(mail) = mailbox.take(worker.buffers.take()) else {
+            return Ok(());
+        };
+        let m = &worker.metrics;
+        m.frames_out.add(u64::from(mail.sent));
+        m.backpressure_drops.add(u64::from(mail.dropped));
+        if mail.bytes.is_empty() {
+            worker.buffers.give(mail.bytes);
+        } else {
+            self.out = Some(Outgoing::new(Source::Mail(mail.bytes)));
+        }
+        if mail.over_cap {
+            m.backpressure_closes.add(1);
+            return Err(fail(1008, "outgoing queue over --max-backpressure"));
+        }
+        if let Some((code, reason)) = mail.close {
+            if !CloseCode::from(code).is_allowed() {
+                tracing::warn!(
+                    code,
+                    "a sender closed with a code not allowed on the wire; sending 1011"
+                );
+                return Err(fail(1011, "internal error"));
+            }
+            return Err(End::Closed(code, reason));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next wake: the worker's ticks and, with a mailbox, a
+    /// sender's post. False if something was posted meanwhile (take it
+    /// instead of waiting).
+    fn park(&self, cx: &Context<'_>) -> bool {
+        let key = self.slot.key();
+        let worker = self.slot.worker();
+        worker.sessions.park(key, cx);
+        match self.mailbox() {
+            Some(mailbox) => !mailbox.register(cx.waker()),
+            None => true,
+        }
     }
 
     /// Tells the handler the session is over (once): `error` first unless it
@@ -609,10 +687,16 @@ impl<S: Stream, H: Handler> Session<S, H> {
     fn open(&mut self) -> Result<(), End> {
         self.flags.set(Flags::OPENED, true);
         let worker = self.slot.worker().clone();
+        let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
-        let called = call(&worker, &mut self.state, ws.stream(), None, |h, conn| {
-            h.open(conn)
-        });
+        let called = call(
+            &worker,
+            &mut self.state,
+            ws.stream(),
+            None,
+            mailbox,
+            |h, conn| h.open(conn),
+        );
         self.after_call(called)
     }
 
@@ -621,9 +705,15 @@ impl<S: Stream, H: Handler> Session<S, H> {
     fn drained(&mut self) -> Result<(), End> {
         let worker = self.slot.worker().clone();
         let ws = self.ws.as_ref().expect("not done");
-        let called = call(&worker, &mut self.state, ws.stream(), None, |h, conn| {
-            h.drained(conn)
-        });
+        let mailbox = self.mailbox();
+        let called = call(
+            &worker,
+            &mut self.state,
+            ws.stream(),
+            None,
+            mailbox,
+            |h, conn| h.drained(conn),
+        );
         self.after_call(called)
     }
 
@@ -844,6 +934,29 @@ impl<S, H: Handler> Drop for Session<S, H> {
         if let Some(message) = &self.message {
             worker.budget.release(message.data.len());
         }
+        self.close_mailbox();
+    }
+}
+
+impl<S, H: Handler> Session<S, H> {
+    /// The session's mailbox, if it gave out a `Sender`.
+    fn mailbox(&self) -> Option<Arc<Mailbox>> {
+        if !self.flags.has(Flags::MAILBOX) {
+            return None;
+        }
+        let worker = self.slot.worker();
+        worker.mailboxes.borrow().get(&self.slot.key()).cloned()
+    }
+
+    /// The session's senders are told it is over.
+    fn close_mailbox(&mut self) {
+        if self.flags.take(Flags::MAILBOX) {
+            let worker = self.slot.worker();
+            let mailbox = worker.mailboxes.borrow_mut().remove(&self.slot.key());
+            if let Some(mailbox) = mailbox {
+                mailbox.close();
+            }
+        }
     }
 }
 
@@ -859,6 +972,7 @@ impl<S: Stream, H: Handler> Future for Session<S, H> {
         if let Phase::Open(_) = this.ws {
             let end = ready!(this.poll_echo(cx));
             tracing::debug!(?end, "session ending");
+            this.close_mailbox();
             this.notify_end(&end);
             // What the handler queued goes out before our Close frame.
             let unsent = match end {
@@ -902,8 +1016,15 @@ impl<S: Stream, H: Handler> Session<S, H> {
                 match out.poll_write(ws, cx) {
                     Poll::Ready(Ok(())) => {
                         let out = this.out.take().expect("written");
-                        let queued = matches!(out.source, Source::Queued(_));
+                        let queued = out.is_queue();
+                        let mail = match &out.source {
+                            Source::Mail(buf) => buf.len(),
+                            _ => 0,
+                        };
                         out.finish(ws, worker);
+                        if let Some(mailbox) = this.mailbox().filter(|_| mail > 0) {
+                            mailbox.written(mail);
+                        }
                         if queued
                             && this.flags.take(Flags::BACKLOGGED)
                             && let Err(end) = this.drained()
@@ -914,7 +1035,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
                     Poll::Pending => {
-                        if matches!(out.source, Source::Queued(_)) {
+                        if out.is_queue() {
                             this.flags.set(Flags::BACKLOGGED, true);
                         }
                         // The peer is not reading. Nothing more is read
@@ -940,9 +1061,26 @@ impl<S: Stream, H: Handler> Session<S, H> {
                             // Close either.
                             return Poll::Ready(End::Gone);
                         }
-                        sessions.park(key, cx);
+                        // Senders may still post: past the cap (policy
+                        // close), a peer that does not read is let go.
+                        if this.mailbox().is_some_and(|m| m.over_cap()) {
+                            worker.metrics.backpressure_closes.add(1);
+                            return Poll::Ready(fail(
+                                1008,
+                                "outgoing queue over --max-backpressure",
+                            ));
+                        }
+                        this.park(cx);
                         return Poll::Pending;
                     }
+                }
+            }
+            if this.flags.has(Flags::MAILBOX) {
+                if let Err(end) = this.take_mail() {
+                    return Poll::Ready(end);
+                }
+                if this.out.is_some() {
+                    continue;
                 }
             }
             if budget == 0 {
@@ -1016,7 +1154,10 @@ impl<S: Stream, H: Handler> Session<S, H> {
                     continue;
                 }
             }
-            sessions.park(key, cx);
+            if !this.park(cx) {
+                // A sender posted meanwhile.
+                continue;
+            }
             return Poll::Pending;
         }
     }
