@@ -11,6 +11,7 @@
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
 //! | [`io`] | the backends: io_uring (tokio-uring + poll adapter) and epoll (a per-worker event loop on its own epoll instance) |
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
+//! | `app` | a program's `main`: [`run`] parses the configuration, logs, serves, drains on SIGTERM |
 //! | [`handler`] | the application's API: upgrade decisions, session events, sending; [`Echo`] |
 //! | `budget` | a worker's share of `--max-buffered-bytes`: what read buffers may hold |
 //! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
@@ -33,6 +34,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod app;
 mod budget;
 mod buffers;
 pub mod config;
@@ -58,6 +60,7 @@ mod worker;
 #[cfg(test)]
 mod testing;
 
+pub use app::{run, serve};
 pub use config::{BackpressurePolicy, Config, IoMode};
 pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sender, Sent};
 pub use io::Backend;

@@ -1,10 +1,14 @@
-//! Steady-state echo allocates nothing, on either backend.
+//! Steady-state echo allocates nothing, on either backend; nor does a
+//! handler that answers each message with a message of its own (the
+//! `counter` example).
 //!
 //! A counting global allocator wraps the system allocator for this whole test
 //! binary. The client is a blocking std socket with buffers prepared in
 //! advance, so after warm-up the only code that could allocate is the server.
 
 mod common;
+#[path = "../examples/counter/handler.rs"]
+mod counter;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -12,6 +16,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use common::{BACKENDS, masked, upgrade_request};
+use ringws::{Config, IoMode};
 
 struct Counting;
 
@@ -43,6 +48,9 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// The tests of this binary count the same allocations: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One round: a batch of frames written at once, every echo read and checked.
 struct Round {
@@ -90,6 +98,7 @@ impl Round {
 
 #[test]
 fn steady_state_echo_does_not_allocate() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for io in BACKENDS {
         let server = common::start(io, |c| c.workers = std::num::NonZeroUsize::new(1));
         let addr = server.local_addr();
@@ -138,4 +147,73 @@ fn steady_state_echo_does_not_allocate() {
     let b = std::hint::black_box(Box::new([0u8; 100]));
     drop(b);
     assert!(ALLOCATIONS.load(Relaxed) > before);
+}
+
+/// Opens a session on `addr` with blocking std I/O.
+fn open(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+#[test]
+fn answering_with_a_message_of_its_own_does_not_allocate() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for io in BACKENDS {
+        let config = Config {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            io,
+            workers: std::num::NonZeroUsize::new(1),
+            ..Config::default()
+        };
+        let server = ringws::Server::bind(config)
+            .unwrap()
+            .start_with(counter::Counter)
+            .unwrap();
+        assert_eq!(
+            server.backend() == ringws::Backend::Epoll,
+            io == IoMode::Epoll
+        );
+        let mut s = open(server.local_addr());
+        // Eight 20-byte messages a round; the answers are the counts as text,
+        // read through the frame headers.
+        let wire: Vec<u8> = (0..8).flat_map(|_| masked(true, 2, &[1; 20])).collect();
+        let mut count = 0u64;
+        let mut reply = [0u8; 22];
+        let mut round = |s: &mut TcpStream| {
+            s.write_all(&wire).unwrap();
+            for _ in 0..8 {
+                count += 1;
+                s.read_exact(&mut reply[..2]).unwrap();
+                assert_eq!(reply[0], 0x81);
+                let len = usize::from(reply[1]);
+                s.read_exact(&mut reply[2..2 + len]).unwrap();
+                let digits = std::str::from_utf8(&reply[2..2 + len]).unwrap();
+                assert_eq!(digits.parse::<u64>().unwrap(), count);
+            }
+        };
+        for _ in 0..200 {
+            round(&mut s);
+        }
+        let before = ALLOCATIONS.load(Relaxed);
+        for _ in 0..2_000 {
+            round(&mut s);
+        }
+        let allocations = ALLOCATIONS.load(Relaxed) - before;
+        assert!(
+            allocations <= 8,
+            "{io:?}: {allocations} allocations during 16,000 answered messages"
+        );
+        drop(s);
+        server.shutdown().unwrap();
+    }
 }

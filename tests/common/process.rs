@@ -24,6 +24,7 @@ pub struct Launch<'a> {
     nofile: Option<u64>,
     forbid_io_uring: bool,
     workers: usize,
+    program: std::path::PathBuf,
 }
 
 impl<'a> Launch<'a> {
@@ -39,6 +40,19 @@ impl<'a> Launch<'a> {
             nofile: None,
             forbid_io_uring: false,
             workers: 2,
+            program: env!("CARGO_BIN_EXE_ringws").into(),
+        }
+    }
+
+    /// Runs the example `name` (`examples/NAME.rs`, which `cargo test`
+    /// builds beside the test binaries) instead of `ringws`.
+    pub fn example(name: &str, args: &'a [&'a str]) -> Self {
+        // target/PROFILE/deps/TEST-HASH -> target/PROFILE/examples/NAME
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        Launch {
+            program: dir.join("examples").join(name),
+            ..Launch::new(args)
         }
     }
 
@@ -70,7 +84,7 @@ impl<'a> Launch<'a> {
 
     /// The command, not started (for `.output()` on a run that must fail).
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringws"));
+        let mut cmd = Command::new(&self.program);
         cmd.args(["--bind", "127.0.0.1", "--port", "0", "--workers"])
             .arg(self.workers.to_string());
         if !self.args.contains(&"--log") {
@@ -113,7 +127,10 @@ impl<'a> Launch<'a> {
 
     /// Starts the binary and waits (at most 20 s) for its "listening" line.
     pub fn start(&self) -> Ringws {
-        let mut child = self.command().spawn().expect("spawn ringws");
+        let mut child = self
+            .command()
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()));
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
