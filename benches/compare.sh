@@ -37,6 +37,11 @@
 # newline- or ';'-separated NAME=COMMAND entries where COMMAND contains {port}
 # and the server listens on 127.0.0.1:{port} with a WebSocket echo on /ws;
 # e.g. EXTERNAL='uws=/opt/uws/echo-server {port}'. Each NAME joins SERVERS.
+# ANY_REPLY: space-separated server names whose answers are messages of their
+# own rather than echoes (ringws-load echo --any-reply), e.g. the counter
+# example: EXTERNAL='counter=target/release/examples/counter --io epoll
+# --workers 1 --bind 127.0.0.1 --port {port}' ANY_REPLY=counter (run it with
+# SCENARIOS="100x20B 200x16KiB 10x1KiB": the other scenarios check echoes).
 #
 # Output: the table on stdout and in target/compare/table.md; one JSON object
 # per run in target/compare/results.jsonl; the load generator's human tables
@@ -211,6 +216,10 @@ wait_quiet() {
 run_load() {
     local server=$1 scenario=$2 limit=$3 mode=$4 rc=0
     shift 4
+    # Servers in ANY_REPLY answer with messages of their own, not echoes.
+    if [[ "$mode" == echo && " ${ANY_REPLY:-} " == *" $server "* ]]; then
+        set -- "$@" --any-reply
+    fi
     wait_quiet
     echo "--- $server $scenario: ringws-load $mode $*" >>"$OUT/load.log"
     timeout --kill-after=5 "$limit" taskset -c "$LOAD_CPU" "$LOAD" "$mode" "$@" \

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 
 use crate::budget::Budget;
 use crate::buffers::BufferPool;
-use crate::config::{BackpressurePolicy, Config};
+use crate::config::Config;
 use crate::drain::Drain;
 use crate::handler::{Backpressure, Echo, Handler, Mailbox};
 use crate::handshakes::Handshakes;
@@ -46,6 +46,8 @@ pub struct Worker<H: Handler = Echo> {
     /// and kept by the session if the callback sent anything (the next
     /// callback then starts with a buffer from the pool).
     pub out: RefCell<BytesMut>,
+    /// The limits of what a session may queue for its peer.
+    pub(crate) backpressure: Backpressure,
     /// The mailboxes of the sessions that gave out a `Sender`, by key.
     pub(crate) mailboxes: RefCell<HashMap<usize, Arc<Mailbox>>>,
     /// Process-wide state.
@@ -105,6 +107,7 @@ impl<H: Handler> Worker<H> {
         Rc::new(Worker {
             handler,
             out: RefCell::default(),
+            backpressure: Backpressure::of(&shared.config),
             mailboxes: RefCell::default(),
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
@@ -131,14 +134,5 @@ impl<H: Handler> Worker<H> {
             0,
             handler,
         )
-    }
-
-    /// The limits of what a session may queue for its peer.
-    pub(crate) fn backpressure(&self) -> Backpressure {
-        let config = &self.shared.config;
-        Backpressure {
-            cap: usize::try_from(config.max_backpressure).unwrap_or(usize::MAX),
-            drop: config.backpressure_policy == BackpressurePolicy::Drop,
-        }
     }
 }

@@ -262,6 +262,8 @@ pub enum Sent {
 /// by the session when the callback returns.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
+    /// The callback panicked.
+    pub panicked: bool,
     /// Answer the message with itself, framed where it lies.
     pub reply_in_place: bool,
     /// Close with this code and reason.
@@ -285,48 +287,64 @@ pub(crate) struct Backpressure {
     pub drop: bool,
 }
 
+impl Backpressure {
+    pub(crate) fn of(config: &crate::config::Config) -> Self {
+        Backpressure {
+            cap: usize::try_from(config.max_backpressure).unwrap_or(usize::MAX),
+            drop: config.backpressure_policy == crate::config::BackpressurePolicy::Drop,
+        }
+    }
+}
+
 /// A connection, as a handler's callback sees it: its state, and the ways
 /// to send and close. Valid for the callback only; to send later (from
 /// another task or thread), see the README.
 pub struct Conn<'a, S> {
     state: &'a mut S,
-    /// Frames sent during this callback, written when it returns.
+    /// Frames sent during this callback, written when it returns (a
+    /// callback runs only when nothing else of its connection is being
+    /// written).
     out: &'a mut BytesMut,
-    /// Bytes already waiting for the peer before this callback.
-    queued: usize,
     /// The message being handled ([`Handler::message`] only).
     message: Option<Message<'a>>,
     peer: &'a dyn Fn() -> Option<SocketAddr>,
     limits: Backpressure,
     /// The connection's mailbox, if a [`Sender`] was made before.
     mailbox: Option<Arc<Mailbox>>,
-    requests: Requests,
+    requests: &'a mut Requests,
+}
+
+impl Requests {
+    /// Nothing to carry out but, perhaps, the in-place reply (echo's case).
+    pub fn only_reply(&self) -> bool {
+        !self.panicked
+            && self.close.is_none()
+            && !self.over_cap
+            && self.dropped == 0
+            && self.sent == 0
+            && self.new_mailbox.is_none()
+    }
 }
 
 impl<'a, S> Conn<'a, S> {
     pub(crate) fn new(
         state: &'a mut S,
         out: &'a mut BytesMut,
-        queued: usize,
         message: Option<Message<'a>>,
         peer: &'a dyn Fn() -> Option<SocketAddr>,
         limits: Backpressure,
         mailbox: Option<Arc<Mailbox>>,
+        requests: &'a mut Requests,
     ) -> Self {
         Conn {
             state,
             out,
-            queued,
             message,
             peer,
             limits,
             mailbox,
-            requests: Requests::default(),
+            requests,
         }
-    }
-
-    pub(crate) fn into_requests(self) -> Requests {
-        self.requests
     }
 
     /// The connection's state.
@@ -339,10 +357,14 @@ impl<'a, S> Conn<'a, S> {
         (self.peer)()
     }
 
-    /// Bytes queued for this connection and not yet written to its socket,
-    /// including what this callback sent.
+    /// Bytes queued for this connection and not yet written to its socket:
+    /// what this callback sent, and what its senders posted.
     pub fn queued(&self) -> usize {
-        self.queued + self.out.len()
+        let posted = self
+            .mailbox
+            .as_ref()
+            .map_or(0, |m| m.queued.load(Ordering::Acquire));
+        self.out.len() + posted
     }
 
     /// Sends a text message.
@@ -381,7 +403,7 @@ impl<'a, S> Conn<'a, S> {
         let Some(msg) = self.message else {
             return Sent::Dropped;
         };
-        if self.out.is_empty() && self.queued == 0 && !self.requests.reply_in_place {
+        if self.out.is_empty() && !self.requests.reply_in_place {
             self.requests.reply_in_place = true;
             return Sent::Queued;
         }
@@ -636,15 +658,21 @@ impl Handler for Echo {
 mod tests {
     use super::*;
 
-    fn conn<'a>(state: &'a mut u8, out: &'a mut BytesMut, cap: usize, drop: bool) -> Conn<'a, u8> {
+    fn conn<'a>(
+        state: &'a mut u8,
+        out: &'a mut BytesMut,
+        requests: &'a mut Requests,
+        cap: usize,
+        drop: bool,
+    ) -> Conn<'a, u8> {
         Conn::new(
             state,
             out,
-            0,
             Some(Message::Text("hi")),
             &|| None,
             Backpressure { cap, drop },
             None,
+            requests,
         )
     }
 
@@ -660,37 +688,36 @@ mod tests {
 
     #[test]
     fn an_in_place_reply_keeps_its_place_before_later_sends() {
-        let (mut state, mut out) = (0, BytesMut::new());
-        let mut c = conn(&mut state, &mut out, 1 << 20, false);
+        let (mut state, mut out, mut req) = (0, BytesMut::new(), Requests::default());
+        let mut c = conn(&mut state, &mut out, &mut req, 1 << 20, false);
         assert_eq!(c.reply_in_place(), Sent::Queued);
         assert_eq!(c.queued(), 0, "in place: nothing copied");
         assert_eq!(c.send_text("x"), Sent::Queued);
-        let req = c.into_requests();
         assert!(!req.reply_in_place, "copied, ahead of the later send");
         assert_eq!(&out[..], b"\x81\x02hi\x81\x01x");
     }
 
     #[test]
     fn the_cap_drops_or_closes() {
-        let (mut state, mut out) = (0, BytesMut::new());
-        let mut c = conn(&mut state, &mut out, 4, true);
+        let (mut state, mut out, mut req) = (0, BytesMut::new(), Requests::default());
+        let mut c = conn(&mut state, &mut out, &mut req, 4, true);
         assert_eq!(c.send_binary(b"abcd"), Sent::Queued);
         assert_eq!(c.send_binary(b"e"), Sent::Dropped);
-        assert_eq!(c.into_requests().dropped, 1);
-        let (mut state, mut out) = (0, BytesMut::new());
-        let mut c = conn(&mut state, &mut out, 4, false);
+        assert_eq!(req.dropped, 1);
+        let (mut state, mut out, mut req) = (0, BytesMut::new(), Requests::default());
+        let mut c = conn(&mut state, &mut out, &mut req, 4, false);
         assert_eq!(c.send_binary(b"abcd"), Sent::Queued);
         assert_eq!(c.send_binary(b"e"), Sent::Closing);
         assert_eq!(c.send_binary(b"f"), Sent::Closing);
-        assert!(c.into_requests().over_cap);
+        assert!(req.over_cap);
     }
 
     #[test]
     fn a_long_close_reason_is_cut_at_a_character_boundary() {
-        let (mut state, mut out) = (0, BytesMut::new());
-        let mut c = conn(&mut state, &mut out, 4, false);
+        let (mut state, mut out, mut req) = (0, BytesMut::new(), Requests::default());
+        let mut c = conn(&mut state, &mut out, &mut req, 4, false);
         c.close(4000, "é".repeat(70));
-        let (code, reason) = c.into_requests().close.unwrap();
+        let (code, reason) = req.close.unwrap();
         assert_eq!(code, 4000);
         assert_eq!(reason.len(), 122);
     }

@@ -196,6 +196,7 @@ enum Phase<S> {
 }
 
 impl<S> Phase<S> {
+    #[inline(always)]
     fn as_mut(&mut self) -> Option<&mut WebSocket<S>> {
         match self {
             Phase::Open(ws) => Some(ws),
@@ -203,6 +204,7 @@ impl<S> Phase<S> {
         }
     }
 
+    #[inline(always)]
     fn as_ref(&self) -> Option<&WebSocket<S>> {
         match self {
             Phase::Open(ws) => Some(ws),
@@ -359,53 +361,44 @@ impl Outgoing {
     }
 }
 
-/// What a handler callback left to do.
-struct Called {
-    /// What it sent, framed.
-    sent: Option<BytesMut>,
-    requests: Requests,
-    panicked: bool,
-}
-
-/// Runs one handler callback with a [`Conn`] on `state`, catching a panic.
-/// Sends are framed in the worker's spare buffer, which the session keeps
-/// if anything was sent.
+/// Runs one handler callback with a [`Conn`] on `state`, catching a panic
+/// (`requests.panicked`). Sends are framed in the worker's spare buffer;
+/// what was sent is returned, and the worker's next callback starts from a
+/// pooled buffer.
 fn call<S: Stream, H: Handler>(
     worker: &Worker<H>,
     state: &mut H::State,
     stream: &S,
     message: Option<Message<'_>>,
     mailbox: Option<Arc<Mailbox>>,
+    requests: &mut Requests,
     f: impl FnOnce(&H, &mut Conn<'_, H::State>),
-) -> Called {
-    let mut out = worker.out.take();
+) -> Option<BytesMut> {
+    // Callbacks do not nest (a callback cannot reach another session's), so
+    // the spare buffer is borrowed for this one's length.
+    let mut out = worker.out.borrow_mut();
     if out.capacity() == 0 {
-        out = worker.buffers.take();
+        *out = worker.buffers.take();
     }
     let peer = || stream.peer_addr();
     let mut conn = Conn::new(
         state,
         &mut out,
-        0,
         message,
         &peer,
-        worker.backpressure(),
+        worker.backpressure,
         mailbox,
-    );
-    let panicked = catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err();
-    let requests = conn.into_requests();
-    let sent = if out.is_empty() || panicked {
-        out.clear();
-        worker.out.replace(out);
-        None
-    } else {
-        Some(out)
-    };
-    Called {
-        sent,
         requests,
-        panicked,
+    );
+    if catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err() {
+        requests.panicked = true;
+        out.clear();
+        return None;
     }
+    if out.is_empty() {
+        return None;
+    }
+    Some(std::mem::take(&mut *out))
 }
 
 impl<S: Stream, H: Handler> Session<S, H> {
@@ -445,14 +438,22 @@ impl<S: Stream, H: Handler> Session<S, H> {
     }
 
     /// Carries out what a callback asked for: queue what it sent, close.
-    fn after_call(&mut self, called: Called) -> Result<(), End> {
+    #[inline(always)]
+    fn after_call(&mut self, requests: Requests, sent: Option<BytesMut>) -> Result<(), End> {
+        if sent.is_none() && requests.only_reply() {
+            // Nothing to drop either: `only_reply` means no close reason
+            // and no mailbox.
+            std::mem::forget(requests);
+            return Ok(());
+        }
+        self.apply(requests, sent)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn apply(&mut self, requests: Requests, sent: Option<BytesMut>) -> Result<(), End> {
         let worker = self.slot.worker();
-        let Called {
-            sent,
-            requests,
-            panicked,
-        } = called;
-        if panicked {
+        if requests.panicked {
             self.flags.set(Flags::DONE, true);
             worker.metrics.handler_panics.add(1);
             tracing::error!(
@@ -553,21 +554,23 @@ impl<S: Stream, H: Handler> Session<S, H> {
         } else {
             Message::Binary(payload)
         };
-        let called = call(
+        let mut requests = Requests::default();
+        let sent = call(
             &worker,
             &mut self.state,
             ws.stream(),
             Some(msg),
             mailbox,
+            &mut requests,
             |h, conn| h.message(conn, msg),
         );
         let ws = self.ws.as_mut().expect("not done");
-        if called.requests.reply_in_place && !called.panicked {
+        if requests.reply_in_place && !requests.panicked {
             self.out = Some(Outgoing::reply(ws, frame, true, frame.opcode));
         } else {
             ws.consume(&frame);
         }
-        self.after_call(called)
+        self.after_call(requests, sent)
     }
 
     /// A fragment: joined to its message, which goes to the handler once
@@ -593,21 +596,23 @@ impl<S: Stream, H: Handler> Session<S, H> {
         };
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
-        let mut called = call(
+        let mut requests = Requests::default();
+        let mut sent = call(
             &worker,
             &mut self.state,
             ws.stream(),
             Some(msg),
             mailbox,
+            &mut requests,
             |h, conn| h.message(conn, msg),
         );
-        if called.requests.reply_in_place && !called.panicked {
-            let buf = called.sent.get_or_insert_with(|| worker.buffers.take());
+        if requests.reply_in_place && !requests.panicked {
+            let buf = sent.get_or_insert_with(|| worker.buffers.take());
             let opcode = if message.text { 0x1 } else { 0x2 };
             crate::handler::put_frame(buf, opcode, &message.data);
-            called.requests.sent += 1;
+            requests.sent += 1;
         }
-        self.after_call(called)
+        self.after_call(requests, sent)
     }
 
     /// Takes what the session's senders posted, if anything: their frames
@@ -648,10 +653,14 @@ impl<S: Stream, H: Handler> Session<S, H> {
     /// Waits for the next wake: the worker's ticks and, with a mailbox, a
     /// sender's post. False if something was posted meanwhile (take it
     /// instead of waiting).
+    #[inline(always)]
     fn park(&self, cx: &Context<'_>) -> bool {
         let key = self.slot.key();
         let worker = self.slot.worker();
         worker.sessions.park(key, cx);
+        if !self.flags.has(Flags::MAILBOX) {
+            return true;
+        }
         match self.mailbox() {
             Some(mailbox) => !mailbox.register(cx.waker()),
             None => true,
@@ -689,15 +698,17 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let worker = self.slot.worker().clone();
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
-        let called = call(
+        let mut requests = Requests::default();
+        let sent = call(
             &worker,
             &mut self.state,
             ws.stream(),
             None,
             mailbox,
+            &mut requests,
             |h, conn| h.open(conn),
         );
-        self.after_call(called)
+        self.after_call(requests, sent)
     }
 
     /// What the handler queued has been written after waiting for the peer:
@@ -706,15 +717,17 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let worker = self.slot.worker().clone();
         let ws = self.ws.as_ref().expect("not done");
         let mailbox = self.mailbox();
-        let called = call(
+        let mut requests = Requests::default();
+        let sent = call(
             &worker,
             &mut self.state,
             ws.stream(),
             None,
             mailbox,
+            &mut requests,
             |h, conn| h.drained(conn),
         );
-        self.after_call(called)
+        self.after_call(requests, sent)
     }
 
     /// A read would block with every frame read so far echoed. An empty read
@@ -940,6 +953,7 @@ impl<S, H: Handler> Drop for Session<S, H> {
 
 impl<S, H: Handler> Session<S, H> {
     /// The session's mailbox, if it gave out a `Sender`.
+    #[inline(always)]
     fn mailbox(&self) -> Option<Arc<Mailbox>> {
         if !self.flags.has(Flags::MAILBOX) {
             return None;

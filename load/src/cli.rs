@@ -156,6 +156,12 @@ pub struct EchoArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+
+    /// Take any message the server sends as the answer to the oldest one in
+    /// flight, without comparing bytes: for servers that answer with
+    /// messages of their own (e.g. ringws' `counter` example).
+    #[arg(long)]
+    pub any_reply: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -19,6 +19,7 @@ struct Params {
     size: usize,
     inflight: usize,
     text: bool,
+    any_reply: bool,
 }
 
 pub fn run(a: EchoArgs) -> Result<RunReport, String> {
@@ -48,6 +49,7 @@ pub fn run(a: EchoArgs) -> Result<RunReport, String> {
             size: a.size,
             inflight: a.inflight,
             text: a.text,
+            any_reply: a.any_reply,
         });
         let mut tasks = JoinSet::new();
         for (i, conn) in conns.into_iter().enumerate() {
@@ -134,7 +136,13 @@ async fn connection(conn: Conn, p: &Params) -> Result<(), String> {
         while let Some(ev) = rx.next_event()? {
             match ev {
                 Event::Data(payload) => {
-                    let t = common::check_echo(&tx, payload, &mut sent_at, &mut expect_seq)?;
+                    let t = if p.any_reply {
+                        sent_at
+                            .pop_front()
+                            .ok_or("server sent a message that was not sent to it")?
+                    } else {
+                        common::check_echo(&tx, payload, &mut sent_at, &mut expect_seq)?
+                    };
                     if phase == MEASURE {
                         latencies.push(now.duration_since(t).as_nanos() as u64);
                     }

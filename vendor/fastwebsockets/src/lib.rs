@@ -624,7 +624,9 @@ impl<'f, S> WebSocket<S> {
         let frame_len = head.header_len + head.payload_len;
         let payload = &mut self.read_half.buffer[head.header_len..frame_len];
         if let Some(mask) = head.mask {
-          if self.read_half.role == Role::Server && self.read_half.auto_apply_mask {
+          if self.read_half.role == Role::Server
+            && self.read_half.auto_apply_mask
+          {
             mask::unmask(payload, mask);
           }
         }
@@ -711,7 +713,6 @@ impl<'f, S> WebSocket<S> {
       let _ = buffer.try_reclaim(buffer.capacity() + 1);
     }
   }
-
 }
 
 const MAX_HEADER_SIZE: usize = 14;
@@ -846,7 +847,12 @@ impl ReadHalf {
     self.buffer.advance(head.header_len);
     // if we read too much it will stay in the buffer, for the next call to this method
     let payload = self.buffer.split_to(head.payload_len);
-    Ok(Some(Frame::new(head.fin, head.opcode, head.mask, Payload::Bytes(payload))))
+    Ok(Some(Frame::new(
+      head.fin,
+      head.opcode,
+      head.mask,
+      Payload::Bytes(payload),
+    )))
   }
 
   /// The header of the first frame in the buffer if the whole frame is
@@ -854,7 +860,10 @@ impl ReadHalf {
   /// anything); `Ok(None)` asks for more bytes. A frame longer than `room`
   /// that is not wholly buffered is [`WebSocketError::NeedsRoom`].
   #[inline]
-  fn parse_head(&mut self, room: usize) -> Result<Option<FrameHead>, WebSocketError> {
+  fn parse_head(
+    &mut self,
+    room: usize,
+  ) -> Result<Option<FrameHead>, WebSocketError> {
     let buf = &self.buffer[..];
     if buf.len() < 2 {
       return Ok(None);
@@ -921,7 +930,9 @@ impl ReadHalf {
       // bytes that arrive, not with the length a peer announces (upstream
       // reserved the whole announced frame: 16 MiB for a 14-byte header).
       let missing = frame_len - buf.len();
-      self.buffer.reserve((missing + MAX_HEADER_SIZE).min(READ_AHEAD));
+      self
+        .buffer
+        .reserve((missing + MAX_HEADER_SIZE).min(READ_AHEAD));
       return Ok(None);
     }
 
