@@ -1,4 +1,10 @@
-//! ringws: a thread-per-core WebSocket echo server for Knative.
+//! ringws: a thread-per-core WebSocket server for Knative, as a library.
+//!
+//! An application implements [`Handler`] (upgrade decision, open, message,
+//! drained, error, close; the connection's state inline) and serves it with
+//! [`run`] from its `main`, or [`Server::start_with`] in-process; the
+//! `ringws` binary is `run(Echo)`. See [`handler`] for an example, and
+//! `examples/` in the repository.
 //!
 //! Layout, one concern per module:
 //!
@@ -24,7 +30,7 @@
 //! | [`timer`] | timers on either backend: the epoll loop's own, or tokio's |
 //! | [`memory`] | huge pages off, and returning freed memory to the OS on quiet workers |
 //!
-//! Start a server in-process (tests do this):
+//! Start an echo server in-process (tests do this):
 //!
 //! ```no_run
 //! let config = ringws::Config { port: 0, ..Default::default() };
