@@ -84,6 +84,7 @@ impl BufferPool {
     }
 
     /// Buffers waiting in the pool.
+    #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.free.borrow().len()
     }

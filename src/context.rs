@@ -27,41 +27,41 @@ use crate::sessions::LocalSessions;
 #[derive(Debug)]
 pub struct Shared {
     /// The configuration the server was started with.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Counters and gauges.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The drain switch.
-    pub drain: Drain,
+    pub(crate) drain: Drain,
     /// Effective `--max-connections`.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Each worker's share of `--max-buffered-bytes` ([`buffered_share`]).
-    pub buffered_share: usize,
+    pub(crate) buffered_share: usize,
 }
 
 /// State a worker's connections share (never crosses threads).
 pub struct Worker<H: Handler = Echo> {
     /// The application: this worker's clone of the server's handler.
-    pub handler: H,
+    pub(crate) handler: H,
     /// Where a callback's sends are framed: lent to one callback at a time,
     /// and kept by the session if the callback sent anything (the next
     /// callback then starts with a buffer from the pool).
-    pub out: RefCell<BytesMut>,
+    pub(crate) out: RefCell<BytesMut>,
     /// The limits of what a session may queue for its peer.
     pub(crate) backpressure: Backpressure,
     /// The mailboxes of the sessions that gave out a `Sender`, by key.
     pub(crate) mailboxes: RefCell<HashMap<usize, Arc<Mailbox>>>,
     /// Process-wide state.
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// This worker's counters (this thread is their only writer).
-    pub metrics: Arc<WorkerMetrics>,
+    pub(crate) metrics: Arc<WorkerMetrics>,
     /// This worker's open sessions.
-    pub sessions: LocalSessions,
+    pub(crate) sessions: LocalSessions,
     /// Read buffers lent to sessions while they have bytes to parse.
-    pub buffers: BufferPool,
+    pub(crate) buffers: BufferPool,
     /// Connections in their HTTP phase, oldest first.
-    pub handshakes: Handshakes,
+    pub(crate) handshakes: Handshakes,
     /// This worker's share of `--max-buffered-bytes`.
-    pub budget: Budget,
+    pub(crate) budget: Budget,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;

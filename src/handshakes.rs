@@ -62,6 +62,7 @@ impl Handshakes {
 
     /// Connections in their HTTP phase, not counting those evicted that have
     /// not ended yet.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.linked.get()
     }

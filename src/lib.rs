@@ -19,10 +19,11 @@
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
 //! | `app` | a program's `main`: [`run`] parses the configuration, logs, serves, drains on SIGTERM |
 //! | [`handler`] | the application's API: upgrade decisions, session events, sending; [`Echo`] |
+//! | `dispatch` | calling the handler: a `Conn` per callback, panics caught |
 //! | `budget` | a worker's share of `--max-buffered-bytes`: what read buffers may hold |
 //! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
 //! | [`upgrade`] | handshake validation and the accept key |
-//! | `session` | the echo loop on fastwebsockets; never knows the backend |
+//! | `session` | the protocol engine on fastwebsockets: messages to the handler, its sends out; never knows the backend |
 //! | [`utf8`] | incremental UTF-8 validation across fragments |
 //! | [`metrics`] | per-worker counters summed on scrape |
 //! | [`drain`] | the drain switch and its phases |
@@ -45,6 +46,7 @@ mod budget;
 mod buffers;
 pub mod config;
 mod context;
+mod dispatch;
 pub mod drain;
 pub mod handler;
 mod handshakes;

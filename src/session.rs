@@ -1,35 +1,41 @@
-//! The WebSocket echo session (RFC 6455), on fastwebsockets' frame codec.
+//! A WebSocket session (RFC 6455), on fastwebsockets' frame codec: the
+//! protocol engine that hands whole messages to the application's
+//! [`Handler`] and writes what it sends.
 //!
-//! Echo is **fragment by fragment**: each data frame is sent back as soon as
-//! it is read, with the same opcode, FIN bit and payload bytes, so a
-//! fragmented message comes back fragmented the same way and a message never
-//! has to be held whole. The session still checks the message as a whole:
-//! continuation frames must follow a started message, the UTF-8 of a text
-//! message is validated across its fragments (fail-fast), and the total size
-//! is bounded by `--max-message-size`.
+//! A message in one frame is parsed where it lies in the read buffer, its
+//! payload unmasked in place, and lent to the handler there. A fragmented
+//! message is checked as it arrives (continuations must follow a started
+//! message, the UTF-8 of text is validated across fragments, fail-fast, the
+//! total is bounded by `--max-message-size`), joined into a boxed buffer
+//! charged to the worker's budget of buffered bytes, and handed over whole.
 //!
-//! The reply reuses the bytes that were read: the frame is parsed where it
-//! lies in the read buffer, its payload unmasked in place, the reply's header
-//! written over the end of the request's (it is never longer: same length,
-//! no mask) and the reply sent from there in one write, whatever its size. A
-//! steady echo neither allocates nor copies.
+//! Echo ([`crate::Echo`]) answers with `Conn::reply_in_place`: the reply's
+//! header is written over the end of the request's (it is never longer: same
+//! length, no mask) and the reply sent from the read buffer in one write,
+//! whatever its size, so a steady echo neither allocates nor copies. What a
+//! handler sends is framed into a pooled buffer and written when its
+//! callback returns; what its `Sender`s post waits in the connection's
+//! mailbox until the session is not writing. While anything is being written
+//! the session reads nothing more.
 //!
 //! Failures are answered with a Close frame before TCP is closed: 1002 for
 //! protocol errors, 1007 for invalid UTF-8, 1009 for oversize messages,
 //! 1001 when the server drains or the peer stopped answering pings, 1013
 //! when the worker's budget of buffered bytes stays spent and this session's
-//! incomplete frame is the oldest, 1008 for a frame arriving slower than
-//! `--min-message-rate`.
+//! incomplete frame is the oldest (or a fragmented message finds no room),
+//! 1008 for a frame arriving slower than `--min-message-rate` or a queue
+//! past `--max-backpressure`, 1011 when a handler callback panicked.
 //!
 //! The read buffer is charged to the worker's share of
 //! `--max-buffered-bytes` while the session holds it, and a frame longer
 //! than the buffer is charged whole before the buffer grows for it
 //! (`crate::budget`); a session refused waits unread.
 //!
-//! The echo loop is a hand-written future ([`Echo`]) rather than an `async`
+//! The session is a hand-written future ([`Session`]) rather than an `async`
 //! loop, because its size is most of what an idle connection costs: it holds
-//! the codec, at most one outgoing frame and a few flags, and no read future,
-//! timer or notification (see `sessions::LocalSessions`).
+//! the codec, at most one outgoing buffer, the handler's state and a few
+//! flags, and no read future, timer or notification (see
+//! `sessions::LocalSessions`).
 //!
 //! This module never knows which I/O backend it runs on.
 
@@ -43,7 +49,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use std::borrow::Cow;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{Buf, BytesMut};
 use fastwebsockets::{CloseCode, Frame, InPlace, OpCode, Payload, Role, WebSocket, WebSocketError};
@@ -52,11 +57,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sessions::Tick;
 
 use crate::context::{SessionSlot, Worker};
-use crate::handler::{Conn, Handler, Mailbox, Message, Requests};
+use crate::dispatch::{call, guard};
+use crate::handler::{Handler, Mailbox, Message, Requests};
 use crate::io::Stream;
+use crate::metrics::WorkerMetrics;
 use crate::utf8::Utf8Stream;
 
-/// How an echo loop ended.
+/// How a session's loop ended.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     /// The peer sent Close (with this code, if any): answer it and close.
@@ -161,7 +168,7 @@ impl Flags {
     }
 }
 
-/// A WebSocket session: the echo loop, then the closing handshake. It is
+/// A WebSocket session: its loop, then the closing handshake. It is
 /// the whole future of the session's task.
 ///
 /// An idle connection costs what this struct costs, so it is kept small: no
@@ -361,46 +368,6 @@ impl Outgoing {
     }
 }
 
-/// Runs one handler callback with a [`Conn`] on `state`, catching a panic
-/// (`requests.panicked`). Sends are framed in the worker's spare buffer;
-/// what was sent is returned, and the worker's next callback starts from a
-/// pooled buffer.
-fn call<S: Stream, H: Handler>(
-    worker: &Worker<H>,
-    state: &mut H::State,
-    stream: &S,
-    message: Option<Message<'_>>,
-    mailbox: Option<Arc<Mailbox>>,
-    requests: &mut Requests,
-    f: impl FnOnce(&H, &mut Conn<'_, H::State>),
-) -> Option<BytesMut> {
-    // Callbacks do not nest (a callback cannot reach another session's), so
-    // the spare buffer is borrowed for this one's length.
-    let mut out = worker.out.borrow_mut();
-    if out.capacity() == 0 {
-        *out = worker.buffers.take();
-    }
-    let peer = || stream.peer_addr();
-    let mut conn = Conn::new(
-        state,
-        &mut out,
-        message,
-        &peer,
-        worker.backpressure,
-        mailbox,
-        requests,
-    );
-    if catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err() {
-        requests.panicked = true;
-        out.clear();
-        return None;
-    }
-    if out.is_empty() {
-        return None;
-    }
-    Some(std::mem::take(&mut *out))
-}
-
 impl<S: Stream, H: Handler> Session<S, H> {
     /// The session on an upgraded connection: `read_ahead` holds bytes read
     /// past the upgrade request, parsed before the socket is read.
@@ -478,21 +445,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             debug_assert!(self.out.is_none(), "callbacks run with nothing queued");
             self.out = Some(Outgoing::new(Source::Queued(buf)));
         }
-        if requests.over_cap {
-            worker.metrics.backpressure_closes.add(1);
-            return Err(fail(1008, "outgoing queue over --max-backpressure"));
-        }
-        if let Some((code, reason)) = requests.close {
-            if !CloseCode::from(code).is_allowed() {
-                tracing::warn!(
-                    code,
-                    "handler closed with a code not allowed on the wire; sending 1011"
-                );
-                return Err(fail(1011, "internal error"));
-            }
-            return Err(End::Closed(code, reason));
-        }
-        Ok(())
+        asked_end(requests.over_cap, requests.close, &worker.metrics)
     }
 
     /// Handles one frame, parsed in place in the read buffer: `Ok(())` to
@@ -546,14 +499,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let payload = ws.payload(&frame);
-        let msg = if frame.opcode == OpCode::Text {
-            match std::str::from_utf8(payload) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return Err(fail(1007, "text is not valid UTF-8")),
-            }
-        } else {
-            Message::Binary(payload)
-        };
+        let msg = message_of(frame.opcode == OpCode::Text, payload)?;
         let mut requests = Requests::default();
         let sent = call(
             &worker,
@@ -586,14 +532,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
         }
         let message = self.message.take().expect("joined");
         worker.budget.release(message.data.len());
-        let msg = if message.text {
-            match std::str::from_utf8(&message.data) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return Err(fail(1007, "text is not valid UTF-8")),
-            }
-        } else {
-            Message::Binary(&message.data)
-        };
+        let msg = message_of(message.text, &message.data)?;
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let mut requests = Requests::default();
@@ -633,21 +572,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
         } else {
             self.out = Some(Outgoing::new(Source::Mail(mail.bytes)));
         }
-        if mail.over_cap {
-            m.backpressure_closes.add(1);
-            return Err(fail(1008, "outgoing queue over --max-backpressure"));
-        }
-        if let Some((code, reason)) = mail.close {
-            if !CloseCode::from(code).is_allowed() {
-                tracing::warn!(
-                    code,
-                    "a sender closed with a code not allowed on the wire; sending 1011"
-                );
-                return Err(fail(1011, "internal error"));
-            }
-            return Err(End::Closed(code, reason));
-        }
-        Ok(())
+        asked_end(mail.over_cap, mail.close, m)
     }
 
     /// Waits for the next wake: the worker's ticks and, with a mailbox, a
@@ -1219,12 +1144,39 @@ fn join<H: Handler>(
     Ok(frame.fin)
 }
 
-/// Runs a callback that cannot answer (`error`, `close`), counting a panic.
-fn guard<H: Handler>(worker: &Worker<H>, f: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        worker.metrics.handler_panics.add(1);
-        tracing::error!("handler panicked in its close or error callback");
+/// How a session ends when its handler or a sender asked: past
+/// `--max-backpressure` with the `close` policy (1008), or with a close of
+/// its own (a code not allowed on the wire becomes 1011).
+fn asked_end(
+    over_cap: bool,
+    close: Option<(u16, Cow<'static, str>)>,
+    metrics: &WorkerMetrics,
+) -> Result<(), End> {
+    if over_cap {
+        metrics.backpressure_closes.add(1);
+        return Err(fail(1008, "outgoing queue over --max-backpressure"));
     }
+    if let Some((code, reason)) = close {
+        if !CloseCode::from(code).is_allowed() {
+            tracing::warn!(
+                code,
+                "a close asked with a code not allowed on the wire; sending 1011"
+            );
+            return Err(fail(1011, "internal error"));
+        }
+        return Err(End::Closed(code, reason));
+    }
+    Ok(())
+}
+
+/// Text checked as UTF-8, or binary, as the handler receives it.
+fn message_of(text: bool, bytes: &[u8]) -> Result<Message<'_>, End> {
+    if !text {
+        return Ok(Message::Binary(bytes));
+    }
+    std::str::from_utf8(bytes)
+        .map(Message::Text)
+        .map_err(|_| fail(1007, "text is not valid UTF-8"))
 }
 
 /// Checks the peer's Close payload (RFC 6455 §5.5.1, §7.4).

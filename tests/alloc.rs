@@ -101,17 +101,7 @@ fn steady_state_echo_does_not_allocate() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for io in BACKENDS {
         let server = common::start(io, |c| c.workers = std::num::NonZeroUsize::new(1));
-        let addr = server.local_addr();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        s.write_all(upgrade_request(addr).as_bytes()).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mut s = open(server.local_addr());
 
         let mut rounds = [
             Round::new(&[20]),
