@@ -620,28 +620,23 @@ impl<S: Stream, H: Handler> Session<S, H> {
     /// The handler's `open`, before the session's first frame.
     fn open(&mut self) -> Result<(), End> {
         self.flags.set(Flags::OPENED, true);
-        let worker = self.slot.worker().clone();
-        let mailbox = self.mailbox();
-        let ws = self.ws.as_ref().expect("not done");
-        let mut requests = Requests::default();
-        let sent = call(
-            &worker,
-            &mut self.state,
-            ws.stream(),
-            None,
-            mailbox,
-            &mut requests,
-            |h, conn| h.open(conn),
-        );
-        self.after_call(requests, sent)
+        self.event(|h, conn| h.open(conn))
     }
 
     /// What the handler queued has been written after waiting for the peer:
     /// its `drained`.
     fn drained(&mut self) -> Result<(), End> {
+        self.event(|h, conn| h.drained(conn))
+    }
+
+    /// A callback about the connection rather than a message.
+    fn event(
+        &mut self,
+        f: impl FnOnce(&H, &mut crate::handler::Conn<'_, H::State>),
+    ) -> Result<(), End> {
         let worker = self.slot.worker().clone();
-        let ws = self.ws.as_ref().expect("not done");
         let mailbox = self.mailbox();
+        let ws = self.ws.as_ref().expect("not done");
         let mut requests = Requests::default();
         let sent = call(
             &worker,
@@ -650,7 +645,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             None,
             mailbox,
             &mut requests,
-            |h, conn| h.drained(conn),
+            f,
         );
         self.after_call(requests, sent)
     }
