@@ -19,10 +19,12 @@
 //! ([`Budget::tick`] says when), until they are not.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::sessions::Pace;
 
 /// How long sessions must keep being refused before the oldest incomplete
 /// frame is closed to make room.
@@ -42,11 +44,14 @@ pub struct Budget {
     refused: Cell<bool>,
     /// Since when every tick has seen a refusal.
     refused_since: Cell<Option<Instant>>,
+    /// Raised on a refusal, so that the housekeeping ticks
+    /// ([`Budget::tick`]) while sessions are refused.
+    pace: Rc<Pace>,
 }
 
 impl Budget {
-    /// A budget of `share` bytes.
-    pub fn new(share: usize) -> Self {
+    /// A budget of `share` bytes, whose refusals raise `pace`.
+    pub fn new(share: usize, pace: Rc<Pace>) -> Self {
         Budget {
             share,
             large: share - share / 8,
@@ -54,6 +59,7 @@ impl Budget {
             waiters: RefCell::default(),
             refused: Cell::new(false),
             refused_since: Cell::new(None),
+            pace,
         }
     }
 
@@ -89,6 +95,7 @@ impl Budget {
         let held = self.held.get() + bytes;
         if held > limit {
             self.refused.set(true);
+            self.pace.raise();
             return false;
         }
         self.held.set(held);
@@ -114,6 +121,13 @@ impl Budget {
     /// Registers a session that was refused, to be woken on a release.
     pub fn wait(&self, waker: &Waker) {
         self.waiters.borrow_mut().push(waker.clone());
+        self.pace.raise();
+    }
+
+    /// True while the last [`Budget::tick`] saw sessions refused: the
+    /// housekeeping must go on ticking.
+    pub fn pressed(&self) -> bool {
+        self.refused_since.get().is_some()
     }
 
     /// Called on every housekeeping tick: true when, on every tick for
@@ -178,7 +192,7 @@ mod tests {
 
     #[test]
     fn large_frames_leave_the_reserve_to_pooled_buffers() {
-        let budget = Budget::new(80);
+        let budget = Budget::new(80, Rc::default());
         assert!(budget.grow(70));
         assert!(!budget.grow(1), "an eighth is kept back from large frames");
         assert!(budget.take(10));
@@ -189,13 +203,13 @@ mod tests {
         budget.release(85);
         assert_eq!(budget.held(), 0);
         let frame = 1000;
-        let budget = Budget::new(Budget::share_for_frame(frame));
+        let budget = Budget::new(Budget::share_for_frame(frame), Rc::default());
         assert!(budget.grow(frame), "the share holds one such frame");
     }
 
     #[test]
     fn waiters_are_woken_by_a_release() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(10, Rc::default());
         let (count, waker) = WakeCount::new();
         assert!(budget.take(10));
         assert!(!budget.take(1));
@@ -208,8 +222,27 @@ mod tests {
     }
 
     #[test]
+    fn refusals_keep_the_housekeeping_ticking() {
+        let pace = Rc::new(Pace::default());
+        let budget = Budget::new(10, pace.clone());
+        assert!(budget.take(10));
+        assert!(!pace.busy(), "a grant needs no tick");
+        assert!(!budget.take(1));
+        assert!(pace.busy(), "a refusal does");
+        pace.lower();
+        budget.wait(&crate::testing::WakeCount::new().1);
+        assert!(pace.busy(), "so does a waiter");
+        assert!(!budget.pressed());
+        assert!(!budget.tick(Instant::now()));
+        assert!(budget.pressed(), "refused on this tick");
+        budget.release(10);
+        assert!(!budget.tick(Instant::now()));
+        assert!(!budget.pressed(), "no longer");
+    }
+
+    #[test]
     fn eviction_is_due_after_refusals_on_every_tick() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(10, Rc::default());
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         assert!(!budget.tick(at(0)), "nothing refused");

@@ -132,6 +132,22 @@ pub struct Config {
     #[arg(long, env = "RINGWS_BACKPRESSURE_POLICY", value_enum, default_value_t = BackpressurePolicy::Close)]
     pub backpressure_policy: BackpressurePolicy,
 
+    /// Longest a WebSocket session lives (`9m`, `1h`; `0s` disables):
+    /// past it (plus its jitter) it gets Close 1001 after the messages it
+    /// has read are answered, as on drain, and its client reconnects,
+    /// possibly to another pod. Behind an autoscaler this lets old pods and
+    /// revisions empty; on Knative set it below the revision's
+    /// `timeoutSeconds`, which cuts a connection without a Close frame
+    /// (deploy/README.md). Checked once a second.
+    #[arg(long, env = "RINGWS_MAX_LIFETIME", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_lifetime: Duration,
+
+    /// Each session's lifetime is `--max-lifetime` plus a random part of up
+    /// to this fraction of it (`0.1`: 10 %), drawn per connection, so that
+    /// the clients of a pod do not all reconnect in the same second.
+    #[arg(long, env = "RINGWS_MAX_LIFETIME_JITTER", default_value_t = 0.1, value_parser = parse_fraction)]
+    pub max_lifetime_jitter: f64,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringws=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -159,6 +175,8 @@ impl Default for Config {
             backpressure_policy: BackpressurePolicy::Close,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            max_lifetime: Duration::ZERO,
+            max_lifetime_jitter: 0.1,
             log: "info".to_owned(),
         }
     }
@@ -196,6 +214,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a fraction between 0 and 1 (`0.1`).
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{text:?} is not a fraction between 0 and 1, such as 0.1"
+        )),
+    }
+}
+
 impl Config {
     /// Worker count: `--workers`, or the parallelism available to this process.
     pub fn worker_count(&self) -> usize {
@@ -222,6 +250,8 @@ mod tests {
             assert_eq!(parsed.write_timeout, default.write_timeout);
             assert_eq!(parsed.drain_timeout, default.drain_timeout);
             assert_eq!(parsed.io, default.io);
+            assert_eq!(parsed.max_lifetime, default.max_lifetime);
+            assert_eq!(parsed.max_lifetime_jitter, default.max_lifetime_jitter);
             assert_eq!(
                 parsed.max_request_header_size,
                 default.max_request_header_size
@@ -251,5 +281,24 @@ mod tests {
         let c = Config::parse_from(["ringws", "--drain-timeout", "1500ms", "--io", "epoll"]);
         assert_eq!(c.drain_timeout, Duration::from_millis(1500));
         assert_eq!(c.io, IoMode::Epoll);
+    }
+
+    #[test]
+    fn lifetime_jitter_is_a_fraction() {
+        let c = Config::parse_from([
+            "ringws",
+            "--max-lifetime",
+            "9m",
+            "--max-lifetime-jitter",
+            "0.25",
+        ]);
+        assert_eq!(c.max_lifetime, Duration::from_secs(540));
+        assert_eq!(c.max_lifetime_jitter, 0.25);
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("-0.1").is_err());
+        assert!(parse_fraction("NaN").is_err());
+        assert!(Config::try_parse_from(["ringws", "--max-lifetime-jitter", "2"]).is_err());
     }
 }

@@ -21,7 +21,7 @@ use crate::drain::Drain;
 use crate::handler::{Backpressure, Echo, Handler, Mailbox};
 use crate::handshakes::Handshakes;
 use crate::metrics::{Metrics, WorkerMetrics};
-use crate::sessions::LocalSessions;
+use crate::sessions::{Lifetime, LocalSessions, Pace};
 
 /// State shared by all workers.
 #[derive(Debug)]
@@ -62,6 +62,9 @@ pub struct Worker<H: Handler = Echo> {
     pub(crate) handshakes: Handshakes,
     /// This worker's share of `--max-buffered-bytes`.
     pub(crate) budget: Budget,
+    /// Whether the housekeeping's frequent jobs have work (raised by the
+    /// sessions' table and the budget).
+    pub(crate) pace: Rc<Pace>,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -104,6 +107,14 @@ impl<H: Handler> Drop for SessionSlot<H> {
 impl<H: Handler> Worker<H> {
     /// Worker `id`'s state, serving `handler`.
     pub(crate) fn new(shared: Arc<Shared>, id: usize, handler: H) -> Rc<Worker<H>> {
+        let pace = Rc::new(Pace::default());
+        let config = &shared.config;
+        // Workers (and processes) draw different jitters.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ id as u64;
+        let lifetime = Lifetime::new(config.max_lifetime, config.max_lifetime_jitter, seed);
         Rc::new(Worker {
             handler,
             out: RefCell::default(),
@@ -111,9 +122,10 @@ impl<H: Handler> Worker<H> {
             mailboxes: RefCell::default(),
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
-            budget: Budget::new(shared.buffered_share),
+            budget: Budget::new(shared.buffered_share, pace.clone()),
+            sessions: LocalSessions::new(lifetime, pace.clone()),
+            pace,
             shared,
-            sessions: Default::default(),
             buffers: Default::default(),
         })
     }

@@ -136,6 +136,8 @@ pub struct WorkerMetrics {
     pub backpressure_closes: LocalCounter,
     /// Messages dropped past `--max-backpressure` (`--backpressure-policy drop`).
     pub backpressure_drops: LocalCounter,
+    /// Sessions closed with 1001 at the end of `--max-lifetime`.
+    pub lifetime_closes: LocalCounter,
     /// Handler callbacks that panicked (each closed its connection with 1011).
     pub handler_panics: LocalCounter,
     /// Bytes this worker's sessions hold in read buffers (a gauge, written
@@ -302,6 +304,12 @@ impl Collector for Scrape {
             "ringws_backpressure_drops",
             "Messages dropped: a send found --max-backpressure bytes queued (policy drop).",
             m.sum(|w| &w.backpressure_drops),
+        )?;
+        counter(
+            &mut enc,
+            "ringws_lifetime_closes",
+            "Sessions closed with 1001 at the end of --max-lifetime (plus jitter).",
+            m.sum(|w| &w.lifetime_closes),
         )?;
         counter(
             &mut enc,

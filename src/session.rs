@@ -101,6 +101,11 @@ const fn draining() -> End {
     End::Closed(1001, Cow::Borrowed("server is draining"))
 }
 
+/// The session outlived `--max-lifetime`: Close 1001, as on drain.
+const fn expired() -> End {
+    End::Closed(1001, Cow::Borrowed("connection lifetime reached"))
+}
+
 /// Frames handled per poll before the session yields to the other sessions
 /// of its worker (the io_uring stream does not take part in tokio's budget).
 const FRAMES_PER_POLL: u32 = 32;
@@ -147,6 +152,8 @@ impl Flags {
     const OPENED: u16 = 128;
     /// A `Sender` was made: the session has a mailbox in its worker's map.
     const MAILBOX: u16 = 256;
+    /// Outlived `--max-lifetime` while a write waited: closes once it is done.
+    const EXPIRED: u16 = 512;
 
     fn has(self, flag: u16) -> bool {
         self.0 & flag != 0
@@ -989,6 +996,9 @@ impl<S: Stream, H: Handler> Session<S, H> {
                             worker.metrics.write_stalls.add(1);
                             return Poll::Ready(End::Gone);
                         }
+                        if ticks & Tick::LIFETIME != 0 {
+                            this.flags.set(Flags::EXPIRED, true);
+                        }
                         if ticks & Tick::ABANDON != 0 {
                             // Draining, and the peer has not read for a
                             // whole --close-timeout: it would not read our
@@ -1065,6 +1075,10 @@ impl<S: Stream, H: Handler> Session<S, H> {
             let ticks = sessions.take_ticks(key);
             if ticks & Tick::EVICT != 0 {
                 return Poll::Ready(this.evicted());
+            }
+            if ticks & Tick::LIFETIME != 0 || this.flags.has(Flags::EXPIRED) {
+                worker.metrics.lifetime_closes.add(1);
+                return Poll::Ready(expired());
             }
             if waiting {
                 if ticks & Tick::RECLAIM != 0 {

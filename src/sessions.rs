@@ -1,9 +1,12 @@
 //! A worker's table of its open sessions: their wakers, and the ticks the
 //! worker delivers through them (drain, idle and write-stall checks, buffer
-//! reclaim, the budget's evictions and the least message rate).
+//! reclaim, the budget's evictions, the least message rate and the
+//! connection lifetime).
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::task::{Context, Waker};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::sync::Notify;
@@ -31,6 +34,11 @@ pub struct LocalSessions {
     /// Wakers collected by the periodic ticks ([`LocalSessions::tick_all`],
     /// [`LocalSessions::reclaim`]), kept so that a tick does not allocate.
     to_wake: RefCell<Vec<Waker>>,
+    /// `--max-lifetime`, if set.
+    lifetime: Option<Lifetime>,
+    /// Raised when a session starts to hold a buffer the housekeeping must
+    /// reclaim.
+    pace: Rc<Pace>,
 }
 
 /// Most sessions per worker that keep an empty read buffer between
@@ -49,6 +57,12 @@ struct Entry {
     /// [`LocalSessions::clock`] when the incomplete frame the session
     /// buffers began to arrive, or 0 if it buffers none.
     since: u32,
+    /// [`LocalSessions::clock`] at which the session's lifetime ends, or 0
+    /// for none (or already told). Its 4 bytes make an entry 32 bytes
+    /// instead of 24: the cost of a lifetime checked by one scan of the
+    /// table a second, instead of a timer per session or a wake of every
+    /// session to look at its age.
+    deadline: u32,
 }
 
 /// Periodic checks delivered to sessions, as bits.
@@ -71,9 +85,104 @@ impl Tick {
     /// The drain began `--close-timeout` ago: a session still waiting for
     /// its peer to read a reply gives up (no Close frame could get through).
     pub const ABANDON: u8 = 32;
+    /// The session outlived `--max-lifetime` (and its jitter): Close 1001,
+    /// as on drain ([`LocalSessions::expire`]).
+    pub const LIFETIME: u8 = 64;
+}
+
+/// `--max-lifetime` in whole seconds of a worker's clock, and its random part.
+#[derive(Debug)]
+pub struct Lifetime {
+    secs: u32,
+    /// Most seconds added to `secs`, drawn per session.
+    jitter: u32,
+    /// xorshift64 state: the jitter needs spread, not unpredictability.
+    rng: Cell<u64>,
+}
+
+impl Lifetime {
+    /// `lifetime` (rounded up to whole seconds) plus up to `jitter` of it;
+    /// `None` if `lifetime` is zero. `seed` makes workers draw differently.
+    pub fn new(lifetime: Duration, jitter: f64, seed: u64) -> Option<Lifetime> {
+        if lifetime.is_zero() {
+            return None;
+        }
+        let secs = lifetime.as_secs_f64().ceil().min(f64::from(u32::MAX / 4));
+        Some(Lifetime {
+            secs: secs as u32,
+            jitter: (secs * jitter.clamp(0.0, 1.0)) as u32,
+            // Never zero (xorshift's one fixed point).
+            rng: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        })
+    }
+
+    /// A session's lifetime in seconds: `secs` plus 0 to `jitter`.
+    fn draw(&self) -> u32 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        self.secs + (x % (u64::from(self.jitter) + 1)) as u32
+    }
+}
+
+/// Whether a worker's housekeeping must run its frequent jobs (buffer
+/// reclaim, the budget's checks): raised when there is something for them
+/// to do, lowered by them when there is not. An idle worker then wakes once
+/// a second, not ten times.
+#[derive(Debug, Default)]
+pub struct Pace {
+    busy: Cell<bool>,
+    /// The housekeeping task, waiting for the pace to rise.
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Pace {
+    /// True while the frequent jobs run.
+    pub fn busy(&self) -> bool {
+        self.busy.get()
+    }
+
+    /// There is work for the frequent jobs: wakes the housekeeping if they
+    /// were not running.
+    #[inline]
+    pub fn raise(&self) {
+        if !self.busy.replace(true)
+            && let Some(waker) = self.waker.borrow_mut().take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// The frequent jobs found nothing to do.
+    pub fn lower(&self) {
+        self.busy.set(false);
+    }
+
+    /// Resolves once the pace is raised.
+    pub fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.busy.get() {
+                return std::task::Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+    }
 }
 
 impl LocalSessions {
+    /// A table whose sessions live at most `lifetime`, and whose holders
+    /// raise `pace`.
+    pub fn new(lifetime: Option<Lifetime>, pace: Rc<Pace>) -> Self {
+        LocalSessions {
+            lifetime,
+            pace,
+            ..Default::default()
+        }
+    }
+
     /// Sessions open on this worker.
     pub fn open(&self) -> usize {
         self.table.borrow().len()
@@ -81,7 +190,14 @@ impl LocalSessions {
 
     /// Adds a session; returns its key. Pair with [`LocalSessions::leave`].
     pub fn enter(&self) -> usize {
-        self.table.borrow_mut().insert(Entry::default())
+        let deadline = match &self.lifetime {
+            Some(lifetime) => self.clock().saturating_add(lifetime.draw()),
+            None => 0,
+        };
+        self.table.borrow_mut().insert(Entry {
+            deadline,
+            ..Entry::default()
+        })
     }
 
     /// Removes a session.
@@ -138,6 +254,9 @@ impl LocalSessions {
         if holders.len() >= HOLDERS_MAX {
             return false;
         }
+        if holders.is_empty() {
+            self.pace.raise();
+        }
         holders.push(key);
         true
     }
@@ -146,7 +265,9 @@ impl LocalSessions {
     /// back (a [`Tick::RECLAIM`]); the busy ones take one again at their next
     /// message. Keys of sessions that have left since are skipped (or reach
     /// the session that took the key over, which only looks at its buffer).
-    pub fn reclaim(&self) {
+    ///
+    /// Returns how many sessions held a buffer.
+    pub fn reclaim(&self) -> usize {
         let mut wakers = self.to_wake.borrow_mut();
         {
             let mut holders = self.holders.borrow_mut();
@@ -158,6 +279,27 @@ impl LocalSessions {
             }));
         }
         // Woken outside the table's borrow; the vector keeps its capacity.
+        let held = wakers.len();
+        wakers.drain(..).for_each(Waker::wake);
+        held
+    }
+
+    /// Tells the sessions whose lifetime has ended by the clock to close
+    /// ([`Tick::LIFETIME`]), each once.
+    pub fn expire(&self) {
+        if self.lifetime.is_none() {
+            return;
+        }
+        let now = self.clock();
+        let mut wakers = self.to_wake.borrow_mut();
+        wakers.extend(self.table.borrow_mut().iter_mut().filter_map(|(_, e)| {
+            if e.deadline == 0 || e.deadline > now {
+                return None;
+            }
+            e.deadline = 0;
+            e.ticks |= Tick::LIFETIME;
+            e.waker.clone()
+        }));
         wakers.drain(..).for_each(Waker::wake);
     }
 
@@ -276,6 +418,67 @@ mod tests {
         sessions.leave(a);
         sessions.leave(b);
         assert_eq!(sessions.open(), 0);
+    }
+
+    #[test]
+    fn lifetimes_end_once_at_their_jittered_deadline() {
+        let lifetime = Lifetime::new(Duration::from_millis(9500), 0.5, 7);
+        let sessions = LocalSessions::new(lifetime, Rc::default());
+        sessions.set_clock(1);
+        let (count, waker) = WakeCount::new();
+        let keys: Vec<usize> = (0..200).map(|_| sessions.enter()).collect();
+        for &key in &keys {
+            sessions.park(key, &Context::from_waker(&waker));
+        }
+        let deadlines: Vec<u32> = keys
+            .iter()
+            .map(|&k| sessions.table.borrow()[k].deadline)
+            .collect();
+        // 9.5 s is 10 whole seconds, plus 0 to 5 of jitter.
+        assert!(
+            deadlines.iter().all(|d| (11..=16).contains(d)),
+            "{deadlines:?}"
+        );
+        assert!(deadlines.contains(&11) && deadlines.contains(&16), "spread");
+        sessions.set_clock(10);
+        sessions.expire();
+        assert_eq!(count.get(), 0, "none yet");
+        sessions.set_clock(13);
+        sessions.expire();
+        let due = deadlines.iter().filter(|&&d| d <= 13).count();
+        assert_eq!(count.get(), due);
+        for (&key, &d) in keys.iter().zip(&deadlines) {
+            let tick = if d <= 13 { Tick::LIFETIME } else { 0 };
+            assert_eq!(sessions.take_ticks(key), tick);
+        }
+        sessions.expire();
+        assert_eq!(count.get(), due, "each is told once");
+        sessions.set_clock(16);
+        sessions.expire();
+        assert_eq!(count.get(), keys.len());
+        let without = LocalSessions::default();
+        let key = without.enter();
+        without.set_clock(u32::MAX - 1);
+        without.expire();
+        assert_eq!(without.take_ticks(key), 0, "no lifetime, no end");
+        assert!(Lifetime::new(Duration::ZERO, 0.1, 1).is_none());
+    }
+
+    #[test]
+    fn the_first_holder_raises_the_pace() {
+        let pace = Rc::new(Pace::default());
+        let sessions = LocalSessions::new(None, pace.clone());
+        let (a, b) = (sessions.enter(), sessions.enter());
+        assert!(sessions.try_hold(a));
+        assert!(pace.busy());
+        pace.lower();
+        assert!(sessions.try_hold(b));
+        assert!(!pace.busy(), "only the first since the last reclaim");
+        assert_eq!(sessions.reclaim(), 0, "neither has parked: nothing to wake");
+        sessions.park(a, &Context::from_waker(&WakeCount::new().1));
+        assert!(sessions.try_hold(a));
+        assert!(pace.busy());
+        assert_eq!(sessions.reclaim(), 1);
     }
 
     #[test]

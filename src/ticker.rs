@@ -60,6 +60,31 @@ impl Ticker {
         }
     }
 
+    /// The period it ticks at.
+    pub fn period(&self) -> Duration {
+        match self {
+            Ticker::Local(_, period) | Ticker::Fd(_, period) => *period,
+            Ticker::Tokio(interval) => interval.period(),
+        }
+    }
+
+    /// Ticks every `period` from now on, the next one `period` from now
+    /// (`period` must not be zero).
+    pub fn set_period(&mut self, period: Duration) {
+        assert!(!period.is_zero(), "a ticker needs a period");
+        match self {
+            Ticker::Local(next, every) => (*next, *every) = (Instant::now() + period, period),
+            Ticker::Fd(fd, every) => match arm(fd.get_ref(), period) {
+                Ok(()) => *every = period,
+                Err(e) => {
+                    tracing::warn!(error = %e, "housekeeping timerfd failed: using tokio's timer");
+                    *self = Ticker::tokio(period);
+                }
+            },
+            Ticker::Tokio(_) => *self = Ticker::tokio(period),
+        }
+    }
+
     fn tokio(period: Duration) -> Ticker {
         let start = tokio::time::Instant::now() + period;
         let mut interval = tokio::time::interval_at(start, period);
@@ -121,6 +146,14 @@ fn timerfd(period: Duration) -> io::Result<AsyncFd<OwnedFd>> {
         TimerfdClockId::Monotonic,
         TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
     )?;
+    arm(&fd, period)?;
+    // SAFETY: the `OwnedFd` stays open, and the same descriptor, for as long
+    // as the `AsyncFd` owns it; nothing else closes it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Makes timerfd `fd` expire every `period`, the first time `period` from now.
+fn arm(fd: &OwnedFd, period: Duration) -> io::Result<()> {
     let every = Timespec {
         tv_sec: i64::try_from(period.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: period.subsec_nanos().into(),
@@ -129,10 +162,8 @@ fn timerfd(period: Duration) -> io::Result<AsyncFd<OwnedFd>> {
         it_interval: every,
         it_value: every,
     };
-    timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
-    // SAFETY: the `OwnedFd` stays open, and the same descriptor, for as long
-    // as the `AsyncFd` owns it; nothing else closes it.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    timerfd_settime(fd, TimerfdTimerFlags::empty(), &spec)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,6 +191,20 @@ mod tests {
             }
             let took = start.elapsed();
             assert!(took >= period * 5, "5 ticks in {took:?}");
+        });
+    }
+
+    #[test]
+    fn the_period_changes_from_the_next_tick() {
+        on_runtime(async {
+            let mut ticker = Ticker::new(Duration::from_secs(3600));
+            ticker.set_period(Duration::from_millis(20));
+            assert_eq!(ticker.period(), Duration::from_millis(20));
+            let start = Instant::now();
+            ticker.tick().await;
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(10), "ticked after {took:?}");
+            assert!(matches!(ticker, Ticker::Fd(..)), "still the timerfd");
         });
     }
 

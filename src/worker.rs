@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::context::{Shared, Worker};
 use crate::handler::Handler;
 use crate::io::{self, Stream};
-use crate::sessions::Tick;
+use crate::sessions::{Pace, Tick};
 use crate::ticker::Ticker;
 use crate::{http, session};
 
@@ -86,42 +86,47 @@ pub(crate) fn run<H: Handler>(
         ] {
             if !period.is_zero() {
                 let worker = worker.clone();
-                jobs.push((period, Box::new(move || worker.sessions.tick_all(tick))));
+                jobs.push(Job::always(period, move || worker.sessions.tick_all(tick)));
             }
         }
-        let w = worker.clone();
         let started = Instant::now();
-        jobs.push((
-            crate::buffers::RECLAIM_EVERY,
-            Box::new(move || {
-                w.sessions.reclaim();
-                let now = Instant::now();
-                let secs = now.duration_since(started).as_secs();
-                w.sessions
-                    .set_clock(u32::try_from(secs).unwrap_or(u32::MAX - 1) + 1);
-                if w.budget.tick(now) {
-                    w.sessions.evict_oldest_partial();
-                }
-                let held = w.budget.held() as u64;
-                w.metrics.buffered_bytes.store(held, Ordering::Relaxed);
-            }),
-        ));
+        let clock = move |w: &Worker<H>, now: Instant| {
+            let secs = now.duration_since(started).as_secs();
+            w.sessions
+                .set_clock(u32::try_from(secs).unwrap_or(u32::MAX - 1) + 1);
+        };
+        // While sessions hold buffers or the budget refuses: give the
+        // buffers back, and close the oldest incomplete frame if the
+        // refusals go on. With neither, the pace drops (raised again by the
+        // next holder or refusal).
+        let w = worker.clone();
+        jobs.push(Job::busy(crate::buffers::RECLAIM_EVERY, move || {
+            let now = Instant::now();
+            clock(&w, now);
+            let held = w.sessions.reclaim();
+            if w.budget.tick(now) {
+                w.sessions.evict_oldest_partial();
+            }
+            if held == 0 && !w.budget.pressed() {
+                w.pace.lower();
+            }
+        }));
         if shared.config.min_message_rate > 0 {
             let w = worker.clone();
-            jobs.push((
-                crate::session::PROGRESS_EVERY,
-                Box::new(move || w.sessions.tick_partial(Tick::PROGRESS)),
-            ));
+            jobs.push(Job::always(crate::session::PROGRESS_EVERY, move || {
+                w.sessions.tick_partial(Tick::PROGRESS)
+            }));
         }
         let w = worker.clone();
-        jobs.push((
-            crate::memory::COLLECT_EVERY,
-            Box::new(move || {
-                w.buffers.trim();
-                crate::memory::collect();
-            }),
-        ));
-        runtime.spawn(housekeeping(jobs));
+        jobs.push(Job::always(crate::memory::COLLECT_EVERY, move || {
+            clock(&w, Instant::now());
+            w.sessions.expire();
+            let held = w.budget.held() as u64;
+            w.metrics.buffered_bytes.store(held, Ordering::Relaxed);
+            w.buffers.trim();
+            crate::memory::collect();
+        }));
+        runtime.spawn(housekeeping(jobs, worker.pace.clone()));
         tokio::select! {
             () = shared.drain.started() => {}
             Ok(e) = accept => return Err(e),
@@ -153,30 +158,84 @@ pub(crate) fn run<H: Handler>(
     })
 }
 
-/// Periodic work of a worker: a period and what to do each time.
-type Job = (Duration, Box<dyn Fn()>);
+/// Periodic work of a worker.
+struct Job {
+    period: Duration,
+    /// Runs only while the worker's [`Pace`] is raised.
+    busy_only: bool,
+    run: Box<dyn Fn()>,
+}
 
-/// Runs each job every its period, the first time one period from now, for
-/// as long as the worker runs: all from one [`Ticker`] at the shortest
-/// period (a job runs late by less than that), so the worker has one timer
-/// in the kernel and none in tokio's wheel.
-async fn housekeeping(jobs: Vec<Job>) {
-    let Some(base) = jobs.iter().map(|(period, _)| *period).min() else {
+impl Job {
+    /// Runs every `period` for as long as the worker runs.
+    fn always(period: Duration, run: impl Fn() + 'static) -> Job {
+        let run = Box::new(run);
+        Job {
+            period,
+            busy_only: false,
+            run,
+        }
+    }
+
+    /// Runs every `period` while the pace is raised (and lowers it when it
+    /// has nothing to do).
+    fn busy(period: Duration, run: impl Fn() + 'static) -> Job {
+        Job {
+            busy_only: true,
+            ..Job::always(period, run)
+        }
+    }
+}
+
+/// Runs each job every its period, the first time one period from now (a
+/// busy-only job: one period after the pace rose), for as long as the
+/// worker runs: all from one [`Ticker`] at the shortest period of the jobs
+/// that run (a job runs late by less than that), so the worker has one
+/// timer in the kernel and none in tokio's wheel. An idle worker (pace
+/// lowered) wakes only for its always-jobs: once a second
+/// ([`crate::memory::COLLECT_EVERY`]), not every 100 ms.
+async fn housekeeping(jobs: Vec<Job>, pace: Rc<Pace>) {
+    let base = |busy: bool| {
+        jobs.iter()
+            .filter(|job| busy || !job.busy_only)
+            .map(|job| job.period)
+            .min()
+    };
+    // Always-jobs exist (the worker's memory collection), so the ticker
+    // always has a period.
+    let Some(slow) = base(false) else {
         return;
     };
     // Before the ticker is armed, so that a job whose period is a multiple
-    // of `base` is due by the tick that ends it.
+    // of the ticker's is due by the tick that ends it.
     let start = Instant::now();
-    let mut ticker = Ticker::new(base);
-    let mut due: Vec<Instant> = jobs.iter().map(|(period, _)| start + *period).collect();
+    let mut busy = pace.busy();
+    let mut ticker = Ticker::new(base(busy).unwrap_or(slow));
+    let mut due: Vec<Instant> = jobs.iter().map(|job| start + job.period).collect();
     loop {
-        ticker.tick().await;
-        let now = Instant::now();
-        for ((period, job), due) in jobs.iter().zip(&mut due) {
-            if *due <= now {
-                job();
-                crate::ticker::advance(due, *period, now);
+        if busy {
+            ticker.tick().await;
+        } else {
+            tokio::select! {
+                biased;
+                () = pace.raised() => {}
+                () = ticker.tick() => {}
             }
+        }
+        let now = Instant::now();
+        let rose = !busy && pace.busy();
+        for (job, due) in jobs.iter().zip(&mut due) {
+            if job.busy_only && rose {
+                *due = now + job.period;
+            } else if (busy || !job.busy_only) && *due <= now {
+                (job.run)();
+                crate::ticker::advance(due, job.period, now);
+            }
+        }
+        busy = pace.busy();
+        let period = base(busy).unwrap_or(slow);
+        if period != ticker.period() {
+            ticker.set_period(period);
         }
     }
 }
@@ -188,6 +247,47 @@ mod tests {
     /// The size of what `make` returns, without calling it.
     fn size_of_return<A, R>(_make: impl Fn(A) -> R) -> usize {
         std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn busy_jobs_run_only_while_the_pace_is_raised() {
+        use std::cell::Cell;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pace = Rc::new(Pace::default());
+        let (slow, busy) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let jobs = {
+            let (slow, busy, pace) = (slow.clone(), busy.clone(), pace.clone());
+            vec![
+                Job::always(Duration::from_secs(3600), move || slow.set(slow.get() + 1)),
+                Job::busy(Duration::from_millis(10), move || {
+                    busy.set(busy.get() + 1);
+                    if busy.get() % 3 == 0 {
+                        pace.lower();
+                    }
+                }),
+            ]
+        };
+        let script = async {
+            let wait = |ms| tokio::time::sleep(Duration::from_millis(ms));
+            wait(300).await;
+            assert_eq!(busy.get(), 0, "the pace starts low");
+            pace.raise();
+            wait(300).await;
+            assert_eq!(busy.get(), 3, "three runs, then the job lowered the pace");
+            pace.raise();
+            wait(300).await;
+            assert_eq!(busy.get(), 6, "raised again");
+        };
+        rt.block_on(async {
+            tokio::select! {
+                () = housekeeping(jobs, pace.clone()) => unreachable!(),
+                () = script => {}
+            }
+        });
+        assert_eq!(slow.get(), 0);
     }
 
     #[test]
