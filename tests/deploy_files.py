@@ -203,6 +203,10 @@ def server_facts():
     facts["default_port"] = int(m.group(1)) if m else None
     m = re.search(r'env\s*=\s*"RINGWS_DRAIN_TIMEOUT"\s*,\s*default_value\s*=\s*"([^"]+)"', src)
     facts["default_drain"] = m.group(1) if m else None
+    for var, key in (("RINGWS_CLOSE_TIMEOUT", "default_close"),
+                     ("RINGWS_MAX_LIFETIME_JITTER", "default_jitter")):
+        m = re.search(r'env\s*=\s*"%s"\s*,\s*default_value(?:_t)?\s*=\s*"?([^",)]+)"?' % var, src)
+        facts[key] = m.group(1) if m else None
     m = re.search(r"enum\s+IoMode\s*\{(.*?)\}", src, re.S)
     facts["io_modes"] = ({v.lower() for v in re.findall(r"^\s*([A-Z][A-Za-z]*)\s*,", m.group(1), re.M)}
                          if m else set())
@@ -379,6 +383,17 @@ def check_service(name, svc, facts, seccomp_type, defaults_cm):
     C.check(drain is not None and isinstance(to, int) and KN_QP_DRAIN_SLEEP_S + drain < to,
             p + ": queue-proxy drain (%ds) + drain timeout < terminationGracePeriodSeconds "
             "(= timeoutSeconds)" % KN_QP_DRAIN_SLEEP_S)
+    # A socket's lifetime ends with Close 1001 before Knative cuts it at timeoutSeconds:
+    # lifetime x (1 + jitter), + 2 s (a once-a-second check on a whole-second clock),
+    # + the close handshake.
+    life_txt = env.get("RINGWS_MAX_LIFETIME")
+    life = duration_s(life_txt) if life_txt else None
+    jitter = float(env.get("RINGWS_MAX_LIFETIME_JITTER", facts["default_jitter"] or "nan"))
+    close = duration_s(env.get("RINGWS_CLOSE_TIMEOUT", facts["default_close"] or ""))
+    C.check(life is not None and life > 0 and close is not None and isinstance(to, int)
+            and life * (1 + jitter) + 2 + close < to,
+            p + ": RINGWS_MAX_LIFETIME set, and lifetime x (1 + jitter) + 2 s + close timeout "
+            "< timeoutSeconds", (life_txt, jitter, close, to))
 
     # --- resources <-> workers ---------------------------------------------------------
     res = c.get("resources") or {}

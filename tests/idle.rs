@@ -1,7 +1,8 @@
 //! Idle means idle: a worker with nothing buffered wakes at most once a
 //! second (its memory collection), with or without idle connections, on
-//! both backends. Counted as the worker threads' context switches: each
-//! time a thread blocks and is woken again it switches once.
+//! both backends. Counted as the worker threads' voluntary context
+//! switches: each time a thread blocks and is woken again it switches once
+//! (involuntary ones are preemptions by other processes).
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::process::Launch;
 use common::*;
 
-/// Context switches of each worker thread (`ringws-wN`) of process `pid`.
+/// Voluntary context switches of each worker thread (`ringws-wN`) of process `pid`.
 fn worker_switches(pid: u32) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -25,7 +26,7 @@ fn worker_switches(pid: u32) -> Vec<(String, u64)> {
         let status = std::fs::read_to_string(path.join("status")).unwrap();
         let switches: u64 = status
             .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum();
         out.push((comm, switches));

@@ -218,8 +218,8 @@ wscat_execute() { # label url: scripted, -x sends Hello and wscat closes after -
     fi
 }
 
-start_ringws() { # backend port logfile -> sets RPID
-    "$RINGWS_BIN" --bind 127.0.0.1 --port "$2" --io "$1" --workers "$WORKERS" >"$3" 2>&1 &
+start_ringws() { # backend port logfile [flags...] -> sets RPID
+    "$RINGWS_BIN" --bind 127.0.0.1 --port "$2" --io "$1" --workers "$WORKERS" "${@:4}" >"$3" 2>&1 &
     RPID=$!
     PIDS+=("$RPID")
     wait_http "http://127.0.0.1:$2/healthz" "$RPID"
@@ -256,9 +256,23 @@ for backend in $BACKENDS; do
     fi
     url="ws://127.0.0.1:$port/ws"
 
-    # Headless Chromium via playwright-core.
+    # Headless Chromium via playwright-core; its reconnecting client against a second
+    # server whose sessions live 2 s (--max-lifetime).
     shot="$OUT/browser-$backend.png"
-    run_check "[$backend] browser" 120 node "$HERE/browser.js" "$url" "$shot" "$backend"
+    main_pid="$RPID"
+    lport="$(free_port)"
+    lurl=""
+    if start_ringws "$backend" "$lport" "$OUT/ringws-$backend-lifetime.log" \
+        --max-lifetime 2s --max-lifetime-jitter 0; then
+        lurl="ws://127.0.0.1:$lport/ws"
+    else
+        fail "[$backend] ringws --max-lifetime 2s did not answer /healthz"
+    fi
+    lifetime_pid="$RPID"
+    RPID="$main_pid"
+    run_check "[$backend] browser" 120 node "$HERE/browser.js" "$url" "$shot" "$backend" "$lurl"
+    kill_pids "$lifetime_pid"
+    forget_pid "$lifetime_pid"
     [ -z "$first_shot" ] && [ -f "$shot" ] && first_shot="$shot"
 
     # wscat.
