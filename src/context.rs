@@ -21,6 +21,7 @@ use crate::drain::Drain;
 use crate::handler::{Backpressure, Echo, Handler, Mailbox};
 use crate::handshakes::Handshakes;
 use crate::metrics::{Metrics, WorkerMetrics};
+use crate::pubsub::{Hub, LocalTopics};
 use crate::sessions::{Lifetime, LocalSessions, Pace};
 
 /// State shared by all workers.
@@ -36,6 +37,8 @@ pub struct Shared {
     pub(crate) max_connections: usize,
     /// Each worker's share of `--max-buffered-bytes` ([`buffered_share`]).
     pub(crate) buffered_share: usize,
+    /// Topics: which workers have subscribers, and their inboxes.
+    pub(crate) hub: Arc<Hub>,
 }
 
 /// State a worker's connections share (never crosses threads).
@@ -65,6 +68,8 @@ pub struct Worker<H: Handler = Echo> {
     /// Whether the housekeeping's frequent jobs have work (raised by the
     /// sessions' table and the budget).
     pub(crate) pace: Rc<Pace>,
+    /// This worker's subscribers and their queues.
+    pub(crate) topics: LocalTopics,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -100,6 +105,7 @@ impl<H: Handler> Drop for SessionSlot<H> {
             .metrics
             .open_sessions
             .fetch_sub(1, Ordering::AcqRel);
+        w.topics.leave(self.key);
         w.sessions.leave(self.key);
     }
 }
@@ -115,10 +121,19 @@ impl<H: Handler> Worker<H> {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ id as u64;
         let lifetime = Lifetime::new(config.max_lifetime, config.max_lifetime_jitter, seed);
+        let backpressure = Backpressure::of(config);
+        let topics = LocalTopics::new(
+            id,
+            shared.hub.clone(),
+            backpressure.cap,
+            backpressure.drop,
+            shared.metrics.workers[id].clone(),
+        );
         Rc::new(Worker {
             handler,
             out: RefCell::default(),
-            backpressure: Backpressure::of(&shared.config),
+            backpressure,
+            topics,
             mailboxes: RefCell::default(),
             metrics: shared.metrics.workers[id].clone(),
             handshakes: Handshakes::new(shared.config.max_pending_handshakes),
@@ -142,6 +157,7 @@ impl<H: Handler> Worker<H> {
                 drain: Drain::default(),
                 max_connections: usize::MAX,
                 buffered_share,
+                hub: Arc::new(Hub::new(1)),
             }),
             0,
             handler,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::context::Worker;
-use crate::handler::{Conn, Handler, Mailbox, Message, Requests};
+use crate::context::{SessionSlot, Worker};
+use crate::handler::{Conn, Handler, Mailbox, Membership, Message, Requests};
 use crate::io::Stream;
 
 /// Runs one handler callback with a [`Conn`] on `state`, catching a panic
@@ -17,7 +17,7 @@ use crate::io::Stream;
 /// what was sent is returned, and the worker's next callback starts from a
 /// pooled buffer.
 pub(crate) fn call<S: Stream, H: Handler>(
-    worker: &Worker<H>,
+    slot: &SessionSlot<H>,
     state: &mut H::State,
     stream: &S,
     message: Option<Message<'_>>,
@@ -25,6 +25,7 @@ pub(crate) fn call<S: Stream, H: Handler>(
     requests: &mut Requests,
     f: impl FnOnce(&H, &mut Conn<'_, H::State>),
 ) -> Option<BytesMut> {
+    let worker = &**slot.worker();
     // Callbacks do not nest (a callback cannot reach another session's), so
     // the spare buffer is borrowed for this one's length.
     let mut out = worker.out.borrow_mut();
@@ -37,8 +38,13 @@ pub(crate) fn call<S: Stream, H: Handler>(
         &mut out,
         message,
         &peer,
-        worker.backpressure,
         mailbox,
+        Membership {
+            topics: &worker.topics,
+            sessions: &worker.sessions,
+            key: slot.key(),
+            limits: worker.backpressure,
+        },
         requests,
     );
     if catch_unwind(AssertUnwindSafe(|| f(&worker.handler, &mut conn))).is_err() {

@@ -49,8 +49,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use hyper::header::HeaderMap;
+
+use crate::frame::put_frame;
+use crate::pubsub::{self, Hub, LocalTopics, Publisher};
+use crate::sessions::LocalSessions;
 
 /// A WebSocket application: what to do with upgrade requests and with the
 /// events of each session. See the [module documentation](self).
@@ -276,6 +280,8 @@ pub(crate) struct Requests {
     pub sent: u32,
     /// [`Conn::sender`] made the connection's mailbox.
     pub new_mailbox: Option<Arc<Mailbox>>,
+    /// [`Conn::subscribe`] subscribed the connection to a topic.
+    pub subscribed: bool,
 }
 
 /// How a connection's queued output is bounded.
@@ -296,6 +302,17 @@ impl Backpressure {
     }
 }
 
+/// A connection's place in its worker, for [`Conn`]: the worker's topics
+/// and sessions, its key there, and the limits of what it may queue.
+#[derive(Clone, Copy)]
+pub(crate) struct Membership<'a> {
+    pub topics: &'a LocalTopics,
+    pub sessions: &'a LocalSessions,
+    pub key: usize,
+    /// `--max-backpressure` and its policy.
+    pub limits: Backpressure,
+}
+
 /// A connection, as a handler's callback sees it: its state, and the ways
 /// to send and close. Valid for the callback only; to send later (from
 /// another task or thread), see the README.
@@ -311,6 +328,8 @@ pub struct Conn<'a, S> {
     limits: Backpressure,
     /// The connection's mailbox, if a [`Sender`] was made before.
     mailbox: Option<Arc<Mailbox>>,
+    /// The worker's topics, and the connection's key in them.
+    membership: Membership<'a>,
     requests: &'a mut Requests,
 }
 
@@ -323,6 +342,7 @@ impl Requests {
             && self.dropped == 0
             && self.sent == 0
             && self.new_mailbox.is_none()
+            && !self.subscribed
     }
 }
 
@@ -332,8 +352,8 @@ impl<'a, S> Conn<'a, S> {
         out: &'a mut BytesMut,
         message: Option<Message<'a>>,
         peer: &'a dyn Fn() -> Option<SocketAddr>,
-        limits: Backpressure,
         mailbox: Option<Arc<Mailbox>>,
+        membership: Membership<'a>,
         requests: &'a mut Requests,
     ) -> Self {
         Conn {
@@ -341,8 +361,9 @@ impl<'a, S> Conn<'a, S> {
             out,
             message,
             peer,
-            limits,
+            limits: membership.limits,
             mailbox,
+            membership,
             requests,
         }
     }
@@ -388,10 +409,57 @@ impl<'a, S> Conn<'a, S> {
         if let Some(mailbox) = &self.mailbox {
             return Sender(mailbox.clone());
         }
-        let mailbox = Arc::new(Mailbox::new(self.limits));
+        let m = self.membership;
+        let origin = (m.topics.hub().clone(), m.topics.worker(), m.key);
+        let mailbox = Arc::new(Mailbox::new(self.limits, origin));
         self.mailbox = Some(mailbox.clone());
         self.requests.new_mailbox = Some(mailbox.clone());
         Sender(mailbox)
+    }
+
+    /// Subscribes this connection to `topic`: from now on it receives what
+    /// is published to it, from any connection, worker or thread, until it
+    /// unsubscribes or closes. False if it already was.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        let m = self.membership;
+        let new = m.topics.subscribe(m.key, topic);
+        self.requests.subscribed |= new;
+        new
+    }
+
+    /// Unsubscribes this connection from `topic`; false if it was not
+    /// subscribed. (A closing connection leaves its topics by itself.)
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        let m = self.membership;
+        m.topics.unsubscribe(m.key, topic)
+    }
+
+    /// Sends a text message to every connection subscribed to `topic` but
+    /// this one, on every worker: framed once, its bytes shared by the
+    /// subscribers. A subscriber that has `--max-backpressure` bytes queued
+    /// meets `--backpressure-policy` (`ringws_backpressure_*` counts it);
+    /// the publisher is never held back. To include this connection, send
+    /// to it as well (or reply in place).
+    pub fn publish_text(&mut self, topic: &str, text: &str) {
+        self.publish(topic, 0x1, text.as_bytes());
+    }
+
+    /// Sends a binary message to every connection subscribed to `topic` but
+    /// this one (see [`Conn::publish_text`]).
+    pub fn publish_binary(&mut self, topic: &str, bytes: &[u8]) {
+        self.publish(topic, 0x2, bytes);
+    }
+
+    fn publish(&mut self, topic: &str, opcode: u8, payload: &[u8]) {
+        let m = self.membership;
+        let frame = crate::pubsub::frame(opcode, payload);
+        m.topics.publish(m.sessions, topic, frame, Some(m.key));
+    }
+
+    /// A handle that publishes to this server's topics from anywhere (any
+    /// task or thread), to every subscriber, this connection included.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.membership.topics.hub().clone())
     }
 
     /// Answers the message being handled with itself (echo): the reply is
@@ -458,6 +526,8 @@ pub(crate) struct Mailbox {
     /// what `--max-backpressure` bounds.
     queued: AtomicUsize,
     limits: Backpressure,
+    /// The topics' hub, and the connection's worker and key there.
+    origin: (Arc<Hub>, usize, usize),
 }
 
 #[derive(Debug, Default)]
@@ -479,12 +549,13 @@ pub(crate) struct Mail {
 }
 
 impl Mailbox {
-    fn new(limits: Backpressure) -> Self {
+    fn new(limits: Backpressure, origin: (Arc<Hub>, usize, usize)) -> Self {
         Mailbox {
             mail: Mutex::default(),
             pending: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             limits,
+            origin,
         }
     }
 
@@ -600,6 +671,26 @@ impl Sender {
         self.0.post(|mail| mail.close = Some((code, reason)));
     }
 
+    /// Sends a text message to every connection subscribed to `topic` but
+    /// this sender's (see [`Conn::publish_text`]), in order with what this
+    /// sender published before.
+    pub fn publish_text(&self, topic: &str, text: &str) {
+        self.publish(topic, pubsub::frame(0x1, text.as_bytes()));
+    }
+
+    /// Sends a binary message to every connection subscribed to `topic` but
+    /// this sender's (see [`Sender::publish_text`]).
+    pub fn publish_binary(&self, topic: &str, bytes: &[u8]) {
+        self.publish(topic, pubsub::frame(0x2, bytes));
+    }
+
+    fn publish(&self, topic: &str, frame: pubsub::Frame) {
+        let (hub, worker, key) = &self.0.origin;
+        // Once the connection is closed, its key may be another's.
+        let except = (!self.is_closed()).then_some((*worker, *key));
+        hub.publish(topic, frame, except);
+    }
+
     /// True once the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         let mail = self.0.lock();
@@ -618,23 +709,6 @@ fn cut_reason(mut reason: Cow<'static, str>) -> Cow<'static, str> {
         reason = Cow::Owned(reason[..end].to_owned());
     }
     reason
-}
-
-/// Appends an unmasked, unfragmented server frame.
-pub(crate) fn put_frame(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
-    let len = payload.len();
-    out.reserve(len + 10);
-    out.put_u8(0x80 | opcode);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.put_u8(126);
-        out.put_u16(len);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
-    out.put_slice(payload);
 }
 
 /// The echo server: every message is answered with itself, from where it
@@ -670,8 +744,20 @@ mod tests {
             out,
             Some(Message::Text("hi")),
             &|| None,
-            Backpressure { cap, drop },
             None,
+            Membership {
+                // Leaked: a test's few bytes, for the connection's lifetime.
+                topics: Box::leak(Box::new(crate::pubsub::LocalTopics::new(
+                    0,
+                    Arc::new(Hub::new(1)),
+                    cap,
+                    drop,
+                    Arc::default(),
+                ))),
+                sessions: Box::leak(Box::default()),
+                key: 0,
+                limits: Backpressure { cap, drop },
+            },
             requests,
         )
     }

@@ -19,6 +19,7 @@
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
 //! | `app` | a program's `main`: [`run`] parses the configuration, logs, serves, drains on SIGTERM |
 //! | [`handler`] | the application's API: upgrade decisions, session events, sending; [`Echo`] |
+//! | `frame` | server frames: the header's shortest length encoding |
 //! | `dispatch` | calling the handler: a `Conn` per callback, panics caught |
 //! | `budget` | a worker's share of `--max-buffered-bytes`: what read buffers may hold |
 //! | `handshakes` | a worker's connections in their HTTP phase, oldest first, and their bound |
@@ -28,6 +29,7 @@
 //! | [`metrics`] | per-worker counters summed on scrape |
 //! | [`drain`] | the drain switch and its phases |
 //! | `sessions` | a worker's table of open sessions and the ticks delivered through it |
+//! | `pubsub` | topics: subscribers per worker, a published message framed once and shared, other workers reached through their inboxes |
 //! | [`timer`] | timers on either backend: the epoll loop's own, or tokio's |
 //! | [`memory`] | huge pages off, and returning freed memory to the OS on quiet workers |
 //!
@@ -48,6 +50,7 @@ pub mod config;
 mod context;
 mod dispatch;
 pub mod drain;
+mod frame;
 pub mod handler;
 mod handshakes;
 mod http;
@@ -55,6 +58,7 @@ pub mod io;
 mod listener;
 pub mod memory;
 pub mod metrics;
+mod pubsub;
 pub mod server;
 mod session;
 mod sessions;
@@ -72,4 +76,5 @@ pub use app::{run, serve};
 pub use config::{BackpressurePolicy, Config, IoMode};
 pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sender, Sent};
 pub use io::Backend;
+pub use pubsub::Publisher;
 pub use server::{DrainHandle, Error, RunningServer, Server};

@@ -123,6 +123,7 @@ impl Server {
                 drain: Drain::default(),
                 max_connections,
                 buffered_share,
+                hub: Arc::new(crate::pubsub::Hub::new(workers)),
             }),
             choice,
             listeners,
@@ -275,6 +276,11 @@ impl RunningServer {
     /// The server's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// A handle that publishes to the server's topics from any thread.
+    pub fn publisher(&self) -> crate::Publisher {
+        crate::Publisher(self.shared.hub.clone())
     }
 
     /// A handle that starts the drain.

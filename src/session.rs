@@ -61,6 +61,7 @@ use crate::dispatch::{call, guard};
 use crate::handler::{Handler, Mailbox, Message, Requests};
 use crate::io::Stream;
 use crate::metrics::WorkerMetrics;
+use crate::pubsub::Taken;
 use crate::utf8::Utf8Stream;
 
 /// How a session's loop ended.
@@ -152,6 +153,9 @@ impl Flags {
     const OPENED: u16 = 128;
     /// A `Sender` was made: the session has a mailbox in its worker's map.
     const MAILBOX: u16 = 256;
+    /// Subscribed to a topic: may have published messages queued in its
+    /// worker's topics.
+    const SUBSCRIBED: u16 = 1024;
     /// Outlived `--max-lifetime` while a write waited: closes once it is done.
     const EXPIRED: u16 = 512;
 
@@ -251,6 +255,11 @@ enum Source {
     Queued(BytesMut),
     /// What `Sender`s sent, taken from the session's mailbox.
     Mail(BytesMut),
+    /// Published messages for this subscriber, copied from their shared
+    /// frames into a buffer from the pool.
+    Published(BytesMut),
+    /// One large published message, written from its shared frame.
+    Shared(crate::pubsub::Frame),
 }
 
 /// Bytes on their way out.
@@ -311,7 +320,8 @@ impl Outgoing {
         let bytes = match &self.source {
             Source::Reply(frame) => &buffer[frame.reply_range()],
             Source::Ping => &PING[..],
-            Source::Queued(buf) | Source::Mail(buf) => &buf[..],
+            Source::Queued(buf) | Source::Mail(buf) | Source::Published(buf) => &buf[..],
+            Source::Shared(frame) => &frame[..],
         };
         // What the handler queued is written in chunks: the io_uring adapter
         // takes any write whole into a buffer of its own (and stops taking
@@ -319,7 +329,7 @@ impl Outgoing {
         // the queue, and a queue it cannot take at once waits here, where
         // `drained` can tell.
         let chunk = match self.source {
-            Source::Queued(_) | Source::Mail(_) => WRITE_CHUNK,
+            Source::Queued(_) | Source::Mail(_) | Source::Shared(_) => WRITE_CHUNK,
             _ => usize::MAX,
         };
         while self.written < bytes.len() {
@@ -335,7 +345,7 @@ impl Outgoing {
 
     /// Written: consumes the frame it answers, returns a queue's buffer to
     /// the pool, and counts an echo.
-    fn finish<S, H: Handler>(self, ws: &mut WebSocket<S>, worker: &Worker<H>) {
+    fn finish<S, H: Handler>(self, ws: &mut WebSocket<S>, worker: &Worker<H>, key: usize) {
         match self.source {
             Source::Reply(frame) => {
                 if matches!(
@@ -354,6 +364,16 @@ impl Outgoing {
                 buf.clear();
                 worker.buffers.give(buf);
             }
+            Source::Published(mut buf) => {
+                worker.metrics.bytes_out.add(buf.len() as u64);
+                worker.topics.written(key, buf.len());
+                buf.clear();
+                worker.buffers.give(buf);
+            }
+            Source::Shared(frame) => {
+                worker.metrics.bytes_out.add(frame.len() as u64);
+                worker.topics.written(key, frame.len());
+            }
         }
     }
 
@@ -366,9 +386,14 @@ impl Outgoing {
     /// Close the session ends with).
     fn unsent(self) -> Option<BytesMut> {
         match self.source {
-            Source::Queued(mut buf) | Source::Mail(mut buf) if self.written < buf.len() => {
+            Source::Queued(mut buf) | Source::Mail(mut buf) | Source::Published(mut buf)
+                if self.written < buf.len() =>
+            {
                 buf.advance(self.written);
                 Some(buf)
+            }
+            Source::Shared(frame) if self.written < frame.len() => {
+                Some(BytesMut::from(&frame[self.written..]))
             }
             _ => None,
         }
@@ -441,6 +466,9 @@ impl<S: Stream, H: Handler> Session<S, H> {
             m.backpressure_drops.add(u64::from(requests.dropped));
         }
         worker.metrics.frames_out.add(u64::from(requests.sent));
+        if requests.subscribed {
+            self.flags.set(Flags::SUBSCRIBED, true);
+        }
         if let Some(mailbox) = requests.new_mailbox {
             worker
                 .mailboxes
@@ -502,14 +530,13 @@ impl<S: Stream, H: Handler> Session<S, H> {
     /// A message in one frame: to the handler where it lies, and answered
     /// in place if the handler asks so.
     fn on_message(&mut self, frame: InPlace) -> Result<(), End> {
-        let worker = self.slot.worker().clone();
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let payload = ws.payload(&frame);
         let msg = message_of(frame.opcode == OpCode::Text, payload)?;
         let mut requests = Requests::default();
         let sent = call(
-            &worker,
+            &self.slot,
             &mut self.state,
             ws.stream(),
             Some(msg),
@@ -544,7 +571,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let ws = self.ws.as_ref().expect("not done");
         let mut requests = Requests::default();
         let mut sent = call(
-            &worker,
+            &self.slot,
             &mut self.state,
             ws.stream(),
             Some(msg),
@@ -555,7 +582,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
         if requests.reply_in_place && !requests.panicked {
             let buf = sent.get_or_insert_with(|| worker.buffers.take());
             let opcode = if message.text { 0x1 } else { 0x2 };
-            crate::handler::put_frame(buf, opcode, &message.data);
+            crate::frame::put_frame(buf, opcode, &message.data);
             requests.sent += 1;
         }
         self.after_call(requests, sent)
@@ -580,6 +607,31 @@ impl<S: Stream, H: Handler> Session<S, H> {
             self.out = Some(Outgoing::new(Source::Mail(mail.bytes)));
         }
         asked_end(mail.over_cap, mail.close, m)
+    }
+
+    /// Takes the published messages queued for this subscriber, if any, to
+    /// write next; closes with 1008 if its queue reached the cap with the
+    /// `close` policy.
+    fn take_published(&mut self) -> Result<(), End> {
+        let worker = self.slot.worker();
+        let m = &worker.metrics;
+        let Ok(taken) = worker.topics.take(self.slot.key(), &worker.buffers) else {
+            m.backpressure_closes.add(1);
+            return Err(fail(1008, "outgoing queue over --max-backpressure"));
+        };
+        self.out = taken.map(|taken| {
+            Outgoing::new(match taken {
+                Taken::Copied(buf, frames) => {
+                    m.frames_out.add(u64::from(frames));
+                    Source::Published(buf)
+                }
+                Taken::Shared(frame) => {
+                    m.frames_out.add(1);
+                    Source::Shared(frame)
+                }
+            })
+        });
+        Ok(())
     }
 
     /// Waits for the next wake: the worker's ticks and, with a mailbox, a
@@ -641,12 +693,11 @@ impl<S: Stream, H: Handler> Session<S, H> {
         &mut self,
         f: impl FnOnce(&H, &mut crate::handler::Conn<'_, H::State>),
     ) -> Result<(), End> {
-        let worker = self.slot.worker().clone();
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let mut requests = Requests::default();
         let sent = call(
-            &worker,
+            &self.slot,
             &mut self.state,
             ws.stream(),
             None,
@@ -962,7 +1013,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
                             Source::Mail(buf) => buf.len(),
                             _ => 0,
                         };
-                        out.finish(ws, worker);
+                        out.finish(ws, worker, key);
                         if let Some(mailbox) = this.mailbox().filter(|_| mail > 0) {
                             mailbox.written(mail);
                         }
@@ -1005,9 +1056,12 @@ impl<S: Stream, H: Handler> Session<S, H> {
                             // Close either.
                             return Poll::Ready(End::Gone);
                         }
-                        // Senders may still post: past the cap (policy
-                        // close), a peer that does not read is let go.
-                        if this.mailbox().is_some_and(|m| m.over_cap()) {
+                        // Senders and publishers may still post: past the
+                        // cap (policy close), a peer that does not read is
+                        // let go.
+                        if this.mailbox().is_some_and(|m| m.over_cap())
+                            || (this.flags.has(Flags::SUBSCRIBED) && worker.topics.over_cap(key))
+                        {
                             worker.metrics.backpressure_closes.add(1);
                             return Poll::Ready(fail(
                                 1008,
@@ -1021,6 +1075,14 @@ impl<S: Stream, H: Handler> Session<S, H> {
             }
             if this.flags.has(Flags::MAILBOX) {
                 if let Err(end) = this.take_mail() {
+                    return Poll::Ready(end);
+                }
+                if this.out.is_some() {
+                    continue;
+                }
+            }
+            if this.flags.has(Flags::SUBSCRIBED) {
+                if let Err(end) = this.take_published() {
                     return Poll::Ready(end);
                 }
                 if this.out.is_some() {

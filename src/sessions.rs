@@ -220,6 +220,17 @@ impl LocalSessions {
         }
     }
 
+    /// Wakes session `key` (if it has waited before).
+    #[inline]
+    pub fn wake(&self, key: usize) {
+        if let Some(Entry {
+            waker: Some(waker), ..
+        }) = self.table.borrow().get(key)
+        {
+            waker.wake_by_ref();
+        }
+    }
+
     /// The ticks ([`Tick`] bits) that reached session `key` since it last asked.
     #[inline]
     pub fn take_ticks(&self, key: usize) -> u8 {

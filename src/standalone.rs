@@ -41,6 +41,7 @@ impl<H: Handler> Standalone<H> {
             drain: Drain::default(),
             max_connections,
             buffered_share,
+            hub: Arc::new(crate::pubsub::Hub::new(1)),
         });
         Standalone {
             worker: Worker::new(shared, 0, handler),

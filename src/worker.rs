@@ -124,9 +124,13 @@ pub(crate) fn run<H: Handler>(
             let held = w.budget.held() as u64;
             w.metrics.buffered_bytes.store(held, Ordering::Relaxed);
             w.buffers.trim();
+            w.topics.trim();
             crate::memory::collect();
         }));
         runtime.spawn(housekeeping(jobs, worker.pace.clone()));
+        // What other threads publish for this worker's subscribers.
+        let w = worker.clone();
+        runtime.spawn(async move { w.topics.run_inbox(&w.sessions).await });
         tokio::select! {
             () = shared.drain.started() => {}
             Ok(e) = accept => return Err(e),

@@ -207,3 +207,85 @@ fn answering_with_a_message_of_its_own_does_not_allocate() {
         server.shutdown().unwrap();
     }
 }
+
+/// examples/room.rs's handler: every connection subscribes to one topic;
+/// a message is published to the others and answered in place.
+#[derive(Clone)]
+struct Room;
+
+impl ringws::Handler for Room {
+    type State = ();
+
+    fn upgrade(&self, _req: &ringws::Request<'_>) -> Result<ringws::Accept<()>, ringws::Refuse> {
+        Ok(ringws::Accept::new(()))
+    }
+
+    fn open(&self, conn: &mut ringws::Conn<'_, ()>) {
+        conn.subscribe("room");
+    }
+
+    fn message(&self, conn: &mut ringws::Conn<'_, ()>, msg: ringws::Message<'_>) {
+        conn.publish_binary("room", msg.as_bytes());
+        conn.reply_in_place();
+    }
+}
+
+#[test]
+fn publishing_allocates_once_per_message_not_per_subscriber() {
+    const SUBSCRIBERS: usize = 100;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for io in BACKENDS {
+        let config = Config {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            io,
+            workers: std::num::NonZeroUsize::new(1),
+            ..Config::default()
+        };
+        let server = ringws::Server::bind(config)
+            .unwrap()
+            .start_with(Room)
+            .unwrap();
+        let mut publisher = open(server.local_addr());
+        let mut listeners: Vec<TcpStream> = (0..SUBSCRIBERS)
+            .map(|_| open(server.local_addr()))
+            .collect();
+        // Their sessions run `open` (subscribe) just after the handshake; a
+        // listener that missed the first publish would time out below.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for s in listeners.iter().chain([&publisher]) {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+        }
+        // A small message (copied into each subscriber's write) and a large
+        // one (written from the shared frame).
+        let mut rounds = [Round::new(&[20]), Round::new(&[16 << 10])];
+        let mut round = |publisher: &mut TcpStream, listeners: &mut [TcpStream]| {
+            for r in &mut rounds {
+                r.run(publisher);
+                for s in listeners.iter_mut() {
+                    s.read_exact(&mut r.got).unwrap();
+                    assert!(r.got == r.expected, "{io:?}: a subscriber's copy differs");
+                }
+            }
+        };
+        for _ in 0..50 {
+            round(&mut publisher, &mut listeners);
+        }
+        let before = ALLOCATIONS.load(Relaxed);
+        const ROUNDS: u64 = 300;
+        for _ in 0..ROUNDS {
+            round(&mut publisher, &mut listeners);
+        }
+        let allocations = ALLOCATIONS.load(Relaxed) - before;
+        let publishes = 2 * ROUNDS;
+        let delivered = publishes * SUBSCRIBERS as u64;
+        // One per publish (its shared frame), a handful besides.
+        assert!(
+            allocations <= publishes + 8,
+            "{io:?}: {allocations} allocations for {publishes} publishes, {delivered} deliveries"
+        );
+        drop((publisher, listeners));
+        server.shutdown().unwrap();
+    }
+}

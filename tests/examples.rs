@@ -125,3 +125,32 @@ async fn counter_answers_with_the_count() {
         }
     }
 }
+
+#[tokio::test]
+async fn room_sends_every_message_to_every_member_the_sender_included() {
+    for io in IO {
+        let server = Launch::example("room", &["--io", io]).start();
+        let mut members = Vec::new();
+        for _ in 0..4 {
+            members.push(upgrade(server.addr, "/ws", "").await.0);
+        }
+        // Their sessions subscribe as they start.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for (i, from) in [0usize, 2].into_iter().enumerate() {
+            let msg = format!("message {i} from {from}");
+            members[from]
+                .write_all(&masked(true, 1, msg.as_bytes()))
+                .await
+                .unwrap();
+            for m in &mut members {
+                assert_eq!(text(m).await, msg, "{io}");
+            }
+        }
+        let mut bin = members.remove(3);
+        bin.write_all(&masked(true, 2, &[1, 2, 3])).await.unwrap();
+        for m in members.iter_mut().chain([&mut bin]) {
+            let f = read_frame(m).await;
+            assert_eq!((f.opcode, f.payload), (2, vec![1, 2, 3]), "{io}");
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! Topics: a message published once reaches every connection subscribed to
+//! its topic, on every worker of the process.
+//!
+//! A published message is framed once, into one `Arc<[u8]>` (the one allocation
+//! of a publish), which its subscribers share: each holds a reference in its
+//! queue, not a copy. Each worker keeps its own subscribers
+//! ([`LocalTopics`]). A publish on a worker reaches that worker's
+//! subscribers directly, and each other worker that has subscribers of the
+//! topic through that worker's [`Inbox`]: one lock and at most one wake per
+//! worker per batch, never one per subscriber. Which workers have
+//! subscribers of a topic is kept process-wide in the [`Hub`], and changes
+//! only when a worker's first subscriber of the topic comes or its last
+//! goes.
+//!
+//! A subscriber's queue counts against `--max-backpressure` like what its
+//! handler sends: past it, the message is dropped for that subscriber or the
+//! subscriber is closed (1008), so one slow subscriber neither slows the
+//! others nor holds more than its cap. When its session writes, it copies the
+//! small frames queued into one pooled buffer (one write for several
+//! messages) and writes a large frame from the shared bytes.
+//!
+//! Order: what one publisher publishes to one topic reaches every subscriber
+//! in the order published (a worker's own subscribers directly, the others
+//! through FIFO inboxes).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use slab::Slab;
+
+use crate::buffers::BufferPool;
+use crate::metrics::WorkerMetrics;
+use crate::sessions::LocalSessions;
+
+/// Process-wide: the topics that have subscribers somewhere, and each
+/// worker's inbox.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    inboxes: Box<[Inbox]>,
+}
+
+/// A topic with subscribers on at least one worker.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    name: Arc<str>,
+    /// Bit `w % 64` of word `w / 64`: worker `w` has subscribers.
+    workers: Box<[AtomicU64]>,
+}
+
+impl Topic {
+    /// Workers with subscribers, in order.
+    fn each_worker(&self, mut f: impl FnMut(usize)) {
+        for (i, word) in self.workers.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                f(i * 64 + bit);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    fn set(&self, worker: usize, on: bool) {
+        let bit = 1 << (worker % 64);
+        let word = &self.workers[worker / 64];
+        if on {
+            word.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            word.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    fn nowhere(&self) -> bool {
+        self.workers.iter().all(|w| w.load(Ordering::Acquire) == 0)
+    }
+}
+
+/// A published message on its way to another worker's subscribers.
+#[derive(Debug)]
+struct Delivery {
+    topic: Arc<Topic>,
+    frame: Frame,
+    /// A session of the receiving worker that does not get it (its
+    /// publisher).
+    except: Option<usize>,
+}
+
+/// What other threads published for a worker's subscribers, and how to
+/// wake the worker's task that delivers it.
+#[derive(Debug, Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    queue: Vec<Delivery>,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        // Every change under the lock is one push, swap or assignment.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, delivery: Delivery) {
+        let waker = {
+            let mut state = self.lock();
+            state.queue.push(delivery);
+            // Only the first of a batch wakes the worker.
+            if state.queue.len() == 1 {
+                state.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Swaps what arrived into `batch` (empty), or registers the waker.
+    fn poll_take(&self, cx: &Context<'_>, batch: &mut Vec<Delivery>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.queue.is_empty() {
+            match &state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        std::mem::swap(&mut state.queue, batch);
+        Poll::Ready(())
+    }
+}
+
+impl Hub {
+    /// A hub for `workers` workers.
+    pub(crate) fn new(workers: usize) -> Self {
+        Hub {
+            topics: RwLock::default(),
+            inboxes: (0..workers).map(|_| Inbox::default()).collect(),
+        }
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.get(name).cloned()
+    }
+
+    /// Worker `worker` has its first subscriber of `name`.
+    fn join(&self, name: &str, worker: usize) -> Arc<Topic> {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let topic = match topics.get(name) {
+            Some(topic) => topic.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                let words = self.inboxes.len().div_ceil(64);
+                let topic = Arc::new(Topic {
+                    name: name.clone(),
+                    workers: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                });
+                topics.insert(name, topic.clone());
+                topic
+            }
+        };
+        topic.set(worker, true);
+        topic
+    }
+
+    /// Worker `worker` lost its last subscriber of `topic`.
+    fn leave(&self, topic: &Topic, worker: usize) {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        topic.set(worker, false);
+        if topic.nowhere() {
+            topics.remove(&topic.name);
+        }
+    }
+
+    /// Sends `frame` to the subscribers of `name` on every worker but
+    /// `skip` (whose own are reached directly), through their inboxes.
+    /// `except` is a session of worker `except.0` that does not get it.
+    fn post(
+        &self,
+        topic: &Arc<Topic>,
+        frame: &Frame,
+        skip: Option<usize>,
+        except: Option<(usize, usize)>,
+    ) {
+        topic.each_worker(|w| {
+            if Some(w) == skip {
+                return;
+            }
+            self.inboxes[w].push(Delivery {
+                topic: topic.clone(),
+                frame: frame.clone(),
+                except: except.and_then(|(worker, key)| (worker == w).then_some(key)),
+            });
+        });
+    }
+
+    /// Publishes `frame` to every subscriber of `name` but `except` (a
+    /// worker and a session key), from any thread.
+    pub(crate) fn publish(&self, name: &str, frame: Frame, except: Option<(usize, usize)>) {
+        if let Some(topic) = self.topic(name) {
+            self.post(&topic, &frame, None, except);
+        }
+    }
+}
+
+/// Publishes to the topics of a server from any thread: cheap to clone.
+/// From [`crate::RunningServer::publisher`] or
+/// [`crate::Conn::publisher`].
+#[derive(Clone, Debug)]
+pub struct Publisher(pub(crate) Arc<Hub>);
+
+impl Publisher {
+    /// Sends a text message to every connection subscribed to `topic`.
+    pub fn publish_text(&self, topic: &str, text: &str) {
+        self.0.publish(topic, frame(0x1, text.as_bytes()), None);
+    }
+
+    /// Sends a binary message to every connection subscribed to `topic`.
+    pub fn publish_binary(&self, topic: &str, bytes: &[u8]) {
+        self.0.publish(topic, frame(0x2, bytes), None);
+    }
+}
+
+/// A framed message shared by its subscribers: cloning it counts a
+/// reference. (`Arc<[u8]>` rather than `bytes::Bytes`: a `Bytes` made from
+/// a buffer allocates a second time, for its reference count, when first
+/// cloned.)
+pub(crate) type Frame = Arc<[u8]>;
+
+/// An unmasked, unfragmented server frame, in one allocation (the
+/// reference counts and the bytes together).
+pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Frame {
+    let (header, n) = crate::frame::frame_header(opcode, payload.len());
+    let mut frame: Frame = std::iter::repeat_n(0, n + payload.len()).collect();
+    let bytes = Arc::get_mut(&mut frame).expect("not shared yet");
+    bytes[..n].copy_from_slice(&header[..n]);
+    bytes[n..].copy_from_slice(payload);
+    frame
+}
+
+/// Hashes session keys (small integers from a slab) with one multiply.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, key: usize) {
+        self.0 = (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ByKey<V> = HashMap<usize, V, BuildHasherDefault<KeyHasher>>;
+
+/// A topic on one worker: its subscribers there.
+#[derive(Debug)]
+struct Local {
+    topic: Arc<Topic>,
+    keys: Vec<usize>,
+}
+
+/// The frames queued for one subscriber, in order.
+#[derive(Debug, Default)]
+struct Queue(VecDeque<Frame>);
+
+/// A subscribed session on one worker.
+#[derive(Debug, Default)]
+struct Subscriber {
+    /// Its topics (slots in [`LocalTopics::topics`]) and its index in each
+    /// one's list of keys.
+    topics: Vec<(u32, u32)>,
+    /// Frames delivered and not yet taken by the session (a pooled queue,
+    /// held only while it has some). Boxed: 8 bytes in an idle subscriber
+    /// instead of a `VecDeque`'s 32.
+    pending: Option<Box<Queue>>,
+    /// Bytes of `pending`, plus those the session took and has not
+    /// written: what `--max-backpressure` bounds.
+    queued: usize,
+    /// A delivery found the cap reached with the `close` policy.
+    over_cap: bool,
+}
+
+/// One worker's topics and subscribers (single-threaded).
+#[derive(Debug)]
+pub(crate) struct LocalTopics {
+    worker: usize,
+    hub: Arc<Hub>,
+    /// `--max-backpressure` and whether its policy is `drop`.
+    cap: usize,
+    drop: bool,
+    /// The worker's counters (messages dropped at the cap).
+    metrics: Arc<WorkerMetrics>,
+    names: RefCell<HashMap<Arc<str>, u32>>,
+    topics: RefCell<Slab<Local>>,
+    subscribers: RefCell<ByKey<Subscriber>>,
+    /// Emptied queues, kept so that a delivery does not allocate one.
+    /// Boxed as subscribers hold them, so that handing one out allocates
+    /// nothing.
+    #[allow(clippy::vec_box)]
+    spare: RefCell<Vec<Box<Queue>>>,
+    /// Fewest queues `spare` held since the last [`LocalTopics::trim`]:
+    /// that many went unused for the whole period.
+    spare_low: std::cell::Cell<usize>,
+    /// Deliveries taken from the inbox (its capacity kept).
+    batch: RefCell<Vec<Delivery>>,
+}
+
+/// What a subscribed session takes from its queue to write.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// Small frames copied into one pooled buffer, and how many.
+    Copied(BytesMut, u32),
+    /// One large frame, written from the shared bytes.
+    Shared(Frame),
+}
+
+/// A subscriber's queue reached `--max-backpressure` with the `close` policy.
+#[derive(Debug)]
+pub(crate) struct OverCap;
+
+/// Most frames a queue keeps after it is emptied (larger ones are freed).
+const SPARE_QUEUE_MAX: usize = 64;
+
+impl LocalTopics {
+    /// Worker `worker`'s topics, on `hub`.
+    pub(crate) fn new(
+        worker: usize,
+        hub: Arc<Hub>,
+        cap: usize,
+        drop: bool,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Self {
+        LocalTopics {
+            worker,
+            hub,
+            cap,
+            drop,
+            metrics,
+            names: RefCell::default(),
+            topics: RefCell::default(),
+            subscribers: RefCell::default(),
+            spare: RefCell::default(),
+            spare_low: std::cell::Cell::new(0),
+            batch: RefCell::default(),
+        }
+    }
+
+    /// The process's hub.
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// This worker's index.
+    pub(crate) fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Subscribes session `key` to `name`; false if it already was.
+    pub(crate) fn subscribe(&self, key: usize, name: &str) -> bool {
+        let mut names = self.names.borrow_mut();
+        let mut topics = self.topics.borrow_mut();
+        let slot = match names.get(name) {
+            Some(&slot) => slot,
+            None => {
+                let topic = self.hub.join(name, self.worker);
+                let slot = topics.insert(Local {
+                    topic: topic.clone(),
+                    keys: Vec::new(),
+                }) as u32;
+                names.insert(topic.name.clone(), slot);
+                slot
+            }
+        };
+        let mut subscribers = self.subscribers.borrow_mut();
+        let sub = subscribers.entry(key).or_default();
+        if sub.topics.iter().any(|&(s, _)| s == slot) {
+            return false;
+        }
+        let local = &mut topics[slot as usize];
+        sub.topics.push((slot, local.keys.len() as u32));
+        local.keys.push(key);
+        true
+    }
+
+    /// Unsubscribes session `key` from `name`; false if it was not.
+    pub(crate) fn unsubscribe(&self, key: usize, name: &str) -> bool {
+        let Some(&slot) = self.names.borrow().get(name) else {
+            return false;
+        };
+        let mut subscribers = self.subscribers.borrow_mut();
+        let Some(sub) = subscribers.get_mut(&key) else {
+            return false;
+        };
+        let Some(i) = sub.topics.iter().position(|&(s, _)| s == slot) else {
+            return false;
+        };
+        let (_, index) = sub.topics.swap_remove(i);
+        let leaves = sub.topics.is_empty() && sub.queued == 0;
+        if leaves {
+            subscribers.remove(&key);
+        }
+        self.remove_key(&mut subscribers, slot, index);
+        true
+    }
+
+    /// Session `key` is over: out of every topic, its queue dropped.
+    pub(crate) fn leave(&self, key: usize) {
+        let mut subscribers = self.subscribers.borrow_mut();
+        let Some(sub) = subscribers.remove(&key) else {
+            return;
+        };
+        if let Some(queue) = sub.pending {
+            self.give_queue(queue);
+        }
+        for (slot, index) in sub.topics {
+            self.remove_key(&mut subscribers, slot, index);
+        }
+    }
+
+    /// Removes the key at `index` of topic `slot` (moving the last key into
+    /// its place), and the topic from this worker if that was its last.
+    fn remove_key(&self, subscribers: &mut ByKey<Subscriber>, slot: u32, index: u32) {
+        let mut topics = self.topics.borrow_mut();
+        let local = &mut topics[slot as usize];
+        local.keys.swap_remove(index as usize);
+        if let Some(&moved) = local.keys.get(index as usize) {
+            let sub = subscribers.get_mut(&moved).expect("a subscriber's key");
+            let entry = sub
+                .topics
+                .iter_mut()
+                .find(|(s, _)| *s == slot)
+                .expect("its topic");
+            entry.1 = index;
+        }
+        if local.keys.is_empty() {
+            let local = topics.remove(slot as usize);
+            self.names.borrow_mut().remove(&local.topic.name);
+            self.hub.leave(&local.topic, self.worker);
+        }
+    }
+
+    /// Publishes `frame` to every subscriber of `name` in the process but
+    /// this worker's session `except`: this worker's directly, the others
+    /// through their workers' inboxes.
+    pub(crate) fn publish(
+        &self,
+        sessions: &LocalSessions,
+        name: &str,
+        frame: Frame,
+        except: Option<usize>,
+    ) {
+        let slot = self.names.borrow().get(name).copied();
+        let topic = match slot {
+            Some(slot) => self.topics.borrow()[slot as usize].topic.clone(),
+            None => match self.hub.topic(name) {
+                Some(topic) => topic,
+                None => return,
+            },
+        };
+        let except_here = except.map(|key| (self.worker, key));
+        self.hub
+            .post(&topic, &frame, Some(self.worker), except_here);
+        if let Some(slot) = slot {
+            self.deliver(sessions, slot, &frame, except);
+        }
+    }
+
+    /// Queues `frame` for every subscriber of topic `slot` here but
+    /// `except`, and wakes them.
+    fn deliver(&self, sessions: &LocalSessions, slot: u32, frame: &Frame, except: Option<usize>) {
+        let topics = self.topics.borrow();
+        let mut subscribers = self.subscribers.borrow_mut();
+        for &key in &topics[slot as usize].keys {
+            if Some(key) == except {
+                continue;
+            }
+            let Some(sub) = subscribers.get_mut(&key) else {
+                continue;
+            };
+            if sub.over_cap {
+                continue;
+            }
+            if sub.queued > self.cap {
+                if self.drop {
+                    self.metrics.backpressure_drops.add(1);
+                } else {
+                    sub.over_cap = true;
+                    sessions.wake(key);
+                }
+                continue;
+            }
+            let was_empty = sub.queued == 0;
+            sub.queued += frame.len();
+            sub.pending
+                .get_or_insert_with(|| self.spare_queue())
+                .0
+                .push_back(frame.clone());
+            if was_empty {
+                sessions.wake(key);
+            }
+        }
+    }
+
+    /// Delivers what other threads published for this worker's
+    /// subscribers: the worker runs this for as long as it runs.
+    pub(crate) async fn run_inbox(&self, sessions: &LocalSessions) {
+        let inbox = &self.hub.inboxes[self.worker];
+        loop {
+            let mut batch = std::mem::take(&mut *self.batch.borrow_mut());
+            std::future::poll_fn(|cx| inbox.poll_take(cx, &mut batch)).await;
+            for d in batch.drain(..) {
+                let slot = self.names.borrow().get(&*d.topic.name).copied();
+                if let Some(slot) = slot {
+                    self.deliver(sessions, slot, &d.frame, d.except);
+                }
+            }
+            *self.batch.borrow_mut() = batch;
+        }
+    }
+
+    /// Session `key`'s next frames to write, if it has any queued: small
+    /// ones copied into a buffer from `pool` (as many as fit), or one large
+    /// one shared. `Err` if a delivery found its cap reached with the
+    /// `close` policy.
+    pub(crate) fn take(&self, key: usize, pool: &BufferPool) -> Result<Option<Taken>, OverCap> {
+        let mut subscribers = self.subscribers.borrow_mut();
+        let Some(sub) = subscribers.get_mut(&key) else {
+            return Ok(None);
+        };
+        if sub.over_cap {
+            return Err(OverCap);
+        }
+        let Some(queue) = sub.pending.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = pool.take();
+        let room = buf.capacity();
+        let queue = &mut queue.0;
+        let taken = if queue.front().is_some_and(|f| f.len() > room) {
+            pool.give(buf);
+            queue.pop_front().map(Taken::Shared)
+        } else {
+            let mut frames = 0;
+            while let Some(f) = queue.front()
+                && buf.len() + f.len() <= room
+            {
+                buf.extend_from_slice(f);
+                queue.pop_front();
+                frames += 1;
+            }
+            Some(Taken::Copied(buf, frames))
+        };
+        if queue.is_empty() {
+            let queue = sub.pending.take().expect("queued");
+            drop(subscribers);
+            self.give_queue(queue);
+        }
+        Ok(taken)
+    }
+
+    /// A delivery to session `key` found its cap reached (policy `close`).
+    pub(crate) fn over_cap(&self, key: usize) -> bool {
+        self.subscribers
+            .borrow()
+            .get(&key)
+            .is_some_and(|sub| sub.over_cap)
+    }
+
+    /// Session `key` wrote `bytes` of what it took.
+    pub(crate) fn written(&self, key: usize, bytes: usize) {
+        let mut subscribers = self.subscribers.borrow_mut();
+        if let Some(sub) = subscribers.get_mut(&key) {
+            sub.queued -= bytes.min(sub.queued);
+            if sub.topics.is_empty() && sub.queued == 0 && sub.pending.is_none() {
+                subscribers.remove(&key);
+            }
+        }
+    }
+
+    /// An empty queue: a spare one, or a new one.
+    fn spare_queue(&self) -> Box<Queue> {
+        let mut spare = self.spare.borrow_mut();
+        let queue = spare.pop().unwrap_or_default();
+        self.spare_low.set(self.spare_low.get().min(spare.len()));
+        queue
+    }
+
+    fn give_queue(&self, mut queue: Box<Queue>) {
+        queue.0.clear();
+        if queue.0.capacity() <= SPARE_QUEUE_MAX {
+            self.spare.borrow_mut().push(queue);
+        }
+    }
+
+    /// Frees the spare queues that went unused since the last call (the
+    /// worker's memory collection, once a second), as the buffer pool does.
+    pub(crate) fn trim(&self) {
+        let mut spare = self.spare.borrow_mut();
+        let unused = self.spare_low.get().min(spare.len());
+        spare.drain(..unused);
+        if spare.is_empty() {
+            *spare = Vec::new();
+        }
+        self.spare_low.set(spare.len());
+    }
+
+    /// Sessions subscribed here (or with frames still queued).
+    #[cfg(test)]
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::WakeCount;
+
+    fn parked(sessions: &LocalSessions, n: usize) -> (Vec<usize>, Arc<WakeCount>) {
+        let (count, waker) = WakeCount::new();
+        let keys = (0..n).map(|_| sessions.enter()).collect::<Vec<_>>();
+        for &key in &keys {
+            sessions.park(key, &Context::from_waker(&waker));
+        }
+        (keys, count)
+    }
+
+    fn drain(topics: &LocalTopics, key: usize, pool: &BufferPool) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Ok(Some(taken)) = topics.take(key, pool) {
+            match taken {
+                Taken::Copied(buf, _) => {
+                    got.extend_from_slice(&buf);
+                    topics.written(key, buf.len());
+                    let mut buf = buf;
+                    buf.clear();
+                    pool.give(buf);
+                }
+                Taken::Shared(frame) => {
+                    got.extend_from_slice(&frame);
+                    topics.written(key, frame.len());
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_publish_reaches_every_subscriber_but_its_publisher_once() {
+        let hub = Arc::new(Hub::new(1));
+        let topics = LocalTopics::new(0, hub.clone(), 1 << 20, false, Arc::default());
+        let sessions = LocalSessions::default();
+        let pool = BufferPool::default();
+        let (keys, wakes) = parked(&sessions, 4);
+        for &key in &keys[..3] {
+            assert!(topics.subscribe(key, "room"));
+        }
+        assert!(!topics.subscribe(keys[0], "room"), "once");
+        topics.publish(&sessions, "room", frame(0x1, b"hi"), Some(keys[0]));
+        topics.publish(&sessions, "room", frame(0x1, b"again"), Some(keys[0]));
+        topics.publish(&sessions, "elsewhere", frame(0x1, b"lost"), None);
+        assert_eq!(wakes.get(), 2, "one wake per subscriber with a queue");
+        assert_eq!(drain(&topics, keys[0], &pool), b"");
+        for &key in &keys[1..3] {
+            assert_eq!(drain(&topics, key, &pool), b"\x81\x02hi\x81\x05again");
+        }
+        assert_eq!(drain(&topics, keys[3], &pool), b"", "not subscribed");
+    }
+
+    #[test]
+    fn leaving_keeps_the_other_subscribers_and_empties_the_hub() {
+        let hub = Arc::new(Hub::new(2));
+        let topics = LocalTopics::new(1, hub.clone(), 1 << 20, false, Arc::default());
+        let sessions = LocalSessions::default();
+        let pool = BufferPool::default();
+        let (keys, _) = parked(&sessions, 5);
+        for &key in &keys {
+            topics.subscribe(key, "a");
+        }
+        topics.subscribe(keys[2], "b");
+        assert!(
+            hub.topic("a")
+                .is_some_and(|t| t.workers[0].load(Ordering::Relaxed) == 2)
+        );
+        // Out of the middle of the list: the last key takes the place.
+        topics.leave(keys[1]);
+        assert!(topics.unsubscribe(keys[0], "a"));
+        assert!(!topics.unsubscribe(keys[0], "a"));
+        topics.publish(&sessions, "a", frame(0x2, b"x"), None);
+        for (i, &key) in keys.iter().enumerate() {
+            let want: &[u8] = if i < 2 { b"" } else { b"\x82\x01x" };
+            assert_eq!(drain(&topics, key, &pool), want, "key {i}");
+        }
+        for &key in &keys[2..] {
+            topics.leave(key);
+        }
+        assert!(hub.topic("a").is_none() && hub.topic("b").is_none());
+        assert_eq!(topics.subscribers(), 0);
+        assert!(topics.names.borrow().is_empty() && topics.topics.borrow().is_empty());
+    }
+
+    #[test]
+    fn other_workers_get_it_through_their_inbox() {
+        let hub = Arc::new(Hub::new(2));
+        let here = LocalTopics::new(0, hub.clone(), 1 << 20, false, Arc::default());
+        let there = LocalTopics::new(1, hub.clone(), 1 << 20, false, Arc::default());
+        let (s0, s1) = (LocalSessions::default(), LocalSessions::default());
+        let pool = BufferPool::default();
+        let (k0, _) = parked(&s0, 1);
+        let (k1, _) = parked(&s1, 1);
+        here.subscribe(k0[0], "t");
+        there.subscribe(k1[0], "t");
+        here.publish(&s0, "t", frame(0x1, b"1"), None);
+        Publisher(hub.clone()).publish_text("t", "2");
+        assert_eq!(drain(&here, k0[0], &pool), b"\x81\x011", "directly");
+        // Worker 0's inbox has the publisher's message for its subscriber.
+        let (count, waker) = WakeCount::new();
+        let mut batch = Vec::new();
+        let cx = Context::from_waker(&waker);
+        assert!(hub.inboxes[0].poll_take(&cx, &mut batch).is_ready());
+        assert_eq!(batch.len(), 1);
+        let mut batch = Vec::new();
+        assert!(hub.inboxes[1].poll_take(&cx, &mut batch).is_ready());
+        for d in batch {
+            let slot = there.names.borrow()[&*d.topic.name];
+            there.deliver(&s1, slot, &d.frame, d.except);
+        }
+        assert_eq!(
+            drain(&there, k1[0], &pool),
+            b"\x81\x011\x81\x012",
+            "in order"
+        );
+        let mut batch = Vec::new();
+        assert!(hub.inboxes[1].poll_take(&cx, &mut batch).is_pending());
+        Publisher(hub.clone()).publish_text("t", "3");
+        assert_eq!(count.get(), 1, "a waiting worker is woken");
+    }
+
+    #[test]
+    fn a_subscriber_at_its_cap_is_dropped_from_or_closed() {
+        for drop in [true, false] {
+            let hub = Arc::new(Hub::new(1));
+            let metrics = Arc::new(WorkerMetrics::default());
+            let topics = LocalTopics::new(0, hub, 10, drop, metrics.clone());
+            let sessions = LocalSessions::default();
+            let pool = BufferPool::default();
+            let (keys, _) = parked(&sessions, 2);
+            topics.subscribe(keys[0], "t");
+            topics.subscribe(keys[1], "t");
+            for _ in 0..5 {
+                topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+                // keys[1] keeps up.
+                assert_eq!(drain(&topics, keys[1], &pool).len(), 10);
+            }
+            // keys[0] took two (20 bytes queued, over the cap of 10 after
+            // the second), then dropped three or was closed.
+            let taken = topics.take(keys[0], &pool);
+            if drop {
+                assert!(matches!(taken, Ok(Some(Taken::Copied(_, 2)))), "{taken:?}");
+                assert_eq!(metrics.backpressure_drops.get(), 3);
+            } else {
+                assert!(taken.is_err() && topics.over_cap(keys[0]));
+                assert_eq!(metrics.backpressure_drops.get(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_frame_is_shared_not_copied() {
+        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 1 << 20, false, Arc::default());
+        let sessions = LocalSessions::default();
+        let pool = BufferPool::default();
+        let (keys, _) = parked(&sessions, 1);
+        topics.subscribe(keys[0], "t");
+        let big = frame(0x2, &[7; 20_000]);
+        topics.publish(&sessions, "t", big.clone(), None);
+        topics.publish(&sessions, "t", frame(0x2, b"small"), None);
+        match topics.take(keys[0], &pool) {
+            Ok(Some(Taken::Shared(f))) => assert_eq!(f.as_ptr(), big.as_ptr(), "the same bytes"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            topics.take(keys[0], &pool),
+            Ok(Some(Taken::Copied(_, 1)))
+        ));
+    }
+}
