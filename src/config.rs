@@ -148,6 +148,12 @@ pub struct Config {
     #[arg(long, env = "RINGWS_MAX_LIFETIME_JITTER", default_value_t = 0.1, value_parser = parse_fraction)]
     pub max_lifetime_jitter: f64,
 
+    /// Shares topics with every ringws process connected to this broker
+    /// (`nats://HOST:PORT`; one connection per process). Without it, topics
+    /// are this process's only.
+    #[arg(long, env = "RINGWS_BACKPLANE")]
+    pub backplane: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ringws=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -177,6 +183,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             max_lifetime: Duration::ZERO,
             max_lifetime_jitter: 0.1,
+            backplane: None,
             log: "info".to_owned(),
         }
     }

@@ -29,6 +29,7 @@
 //! | [`metrics`] | per-worker counters summed on scrape |
 //! | [`drain`] | the drain switch and its phases |
 //! | `sessions` | a worker's table of open sessions and the ticks delivered through it |
+//! | [`backplane`] | topics across processes: one NATS connection per process, on a thread of its own |
 //! | `pubsub` | topics: subscribers per worker, a published message framed once and shared, other workers reached through their inboxes |
 //! | [`timer`] | timers on either backend: the epoll loop's own, or tokio's |
 //! | [`memory`] | huge pages off, and returning freed memory to the OS on quiet workers |
@@ -44,6 +45,7 @@
 //! ```
 
 mod app;
+pub mod backplane;
 mod budget;
 mod buffers;
 pub mod config;

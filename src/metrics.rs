@@ -6,7 +6,8 @@
 //! reads every worker's counters with relaxed loads and sums them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -163,6 +164,24 @@ pub struct Metrics {
     pub open_sessions: AtomicUsize,
     /// The backend the workers run on.
     pub backend: Backend,
+    /// The cross-pod backplane's counters, when `--backplane` is set.
+    pub backplane: OnceLock<Arc<BackplaneMetrics>>,
+}
+
+/// What the backplane counts; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct BackplaneMetrics {
+    /// Connected to the broker now.
+    pub up: AtomicBool,
+    /// Publishes sent to the broker.
+    pub forwarded: AtomicU64,
+    /// Publishes that could not be forwarded (broker down, or the channel
+    /// to the backplane thread full).
+    pub not_forwarded: AtomicU64,
+    /// Messages received from the broker and delivered here.
+    pub received: AtomicU64,
+    /// Messages from the broker that were not a valid frame, dropped.
+    pub invalid: AtomicU64,
 }
 
 impl Metrics {
@@ -172,6 +191,7 @@ impl Metrics {
             workers: (0..workers).map(|_| Arc::default()).collect(),
             open_sessions: AtomicUsize::new(0),
             backend,
+            backplane: OnceLock::new(),
         }
     }
 
@@ -305,6 +325,38 @@ impl Collector for Scrape {
             "Messages dropped: a send found --max-backpressure bytes queued (policy drop).",
             m.sum(|w| &w.backpressure_drops),
         )?;
+        if let Some(b) = m.backplane.get() {
+            gauge(
+                &mut enc,
+                "ringws_backplane_up",
+                "1 while connected to the --backplane broker.",
+                i64::from(b.up.load(Relaxed)),
+            )?;
+            for (name, help, value) in [
+                (
+                    "ringws_backplane_forwarded",
+                    "Publishes sent to the broker.",
+                    &b.forwarded,
+                ),
+                (
+                    "ringws_backplane_not_forwarded",
+                    "Publishes not sent to the broker (down, or its queue full).",
+                    &b.not_forwarded,
+                ),
+                (
+                    "ringws_backplane_received",
+                    "Messages from the broker delivered here.",
+                    &b.received,
+                ),
+                (
+                    "ringws_backplane_invalid",
+                    "Messages from the broker dropped as malformed frames.",
+                    &b.invalid,
+                ),
+            ] {
+                counter(&mut enc, name, help, value.load(Relaxed))?;
+            }
+        }
         counter(
             &mut enc,
             "ringws_lifetime_closes",

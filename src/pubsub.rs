@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
@@ -37,12 +37,33 @@ use crate::buffers::BufferPool;
 use crate::metrics::WorkerMetrics;
 use crate::sessions::LocalSessions;
 
-/// Process-wide: the topics that have subscribers somewhere, and each
-/// worker's inbox.
-#[derive(Debug)]
+/// Process-wide: the topics that have subscribers somewhere, each
+/// worker's inbox, and the bridge to other processes, if any.
 pub(crate) struct Hub {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     inboxes: Box<[Inbox]>,
+    bridge: OnceLock<Box<dyn Bridge>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("topics", &self.topics)
+            .field("bridge", &self.bridge.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Topics shared with other processes (`crate::backplane`): told when a
+/// topic gets its first subscriber in the process and loses its last, and
+/// given every publish made in the process (not those it delivered).
+pub(crate) trait Bridge: Send + Sync {
+    /// The process has a first subscriber of `topic`.
+    fn subscribe(&self, topic: &Arc<str>);
+    /// The process has no subscriber of `topic` any more.
+    fn unsubscribe(&self, topic: &Arc<str>);
+    /// `frame` was published to `topic` in this process.
+    fn forward(&self, topic: &str, frame: &Frame);
 }
 
 /// A topic with subscribers on at least one worker.
@@ -147,6 +168,21 @@ impl Hub {
         Hub {
             topics: RwLock::default(),
             inboxes: (0..workers).map(|_| Inbox::default()).collect(),
+            bridge: OnceLock::new(),
+        }
+    }
+
+    /// Shares the topics with other processes through `bridge` (once,
+    /// before any subscriber).
+    pub(crate) fn bridge(&self, bridge: Box<dyn Bridge>) {
+        if self.bridge.set(bridge).is_err() {
+            tracing::warn!("topics already have a bridge");
+        }
+    }
+
+    fn forward(&self, name: &str, frame: &Frame) {
+        if let Some(bridge) = self.bridge.get() {
+            bridge.forward(name, frame);
         }
     }
 
@@ -167,7 +203,12 @@ impl Hub {
                     name: name.clone(),
                     workers: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 });
-                topics.insert(name, topic.clone());
+                topics.insert(name.clone(), topic.clone());
+                // Under the lock: the bridge sees a topic's comings and
+                // goings in order.
+                if let Some(bridge) = self.bridge.get() {
+                    bridge.subscribe(&name);
+                }
                 topic
             }
         };
@@ -181,6 +222,9 @@ impl Hub {
         topic.set(worker, false);
         if topic.nowhere() {
             topics.remove(&topic.name);
+            if let Some(bridge) = self.bridge.get() {
+                bridge.unsubscribe(&topic.name);
+            }
         }
     }
 
@@ -209,8 +253,17 @@ impl Hub {
     /// Publishes `frame` to every subscriber of `name` but `except` (a
     /// worker and a session key), from any thread.
     pub(crate) fn publish(&self, name: &str, frame: Frame, except: Option<(usize, usize)>) {
+        self.forward(name, &frame);
         if let Some(topic) = self.topic(name) {
             self.post(&topic, &frame, None, except);
+        }
+    }
+
+    /// Delivers `frame`, published to `name` in another process, to this
+    /// process's subscribers (and not back to the bridge).
+    pub(crate) fn deliver_from_backplane(&self, name: &str, frame: Frame) {
+        if let Some(topic) = self.topic(name) {
+            self.post(&topic, &frame, None, None);
         }
     }
 }
@@ -469,6 +522,7 @@ impl LocalTopics {
         frame: Frame,
         except: Option<usize>,
     ) {
+        self.hub.forward(name, &frame);
         let slot = self.names.borrow().get(name).copied();
         let topic = match slot {
             Some(slot) => self.topics.borrow()[slot as usize].topic.clone(),

@@ -116,6 +116,14 @@ impl Server {
             );
         }
         let metrics = Arc::new(Metrics::new(workers, choice.backend));
+        let hub = Arc::new(crate::pubsub::Hub::new(workers));
+        if let Some(url) = &config.backplane {
+            let counters = Arc::new(crate::metrics::BackplaneMetrics::default());
+            let _ = metrics.backplane.set(counters.clone());
+            let backplane = crate::backplane::start(url, &hub, counters)?;
+            hub.bridge(Box::new(backplane));
+            tracing::info!(url, "topics are shared through the backplane");
+        }
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -123,7 +131,7 @@ impl Server {
                 drain: Drain::default(),
                 max_connections,
                 buffered_share,
-                hub: Arc::new(crate::pubsub::Hub::new(workers)),
+                hub,
             }),
             choice,
             listeners,
