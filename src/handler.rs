@@ -101,6 +101,37 @@ pub trait Handler: Clone + Send + 'static {
     fn close(&self, state: &mut Self::State, code: u16, reason: &str) {
         let _ = (state, code, reason);
     }
+
+    /// A plain `GET` (or `HEAD`) to `path`, which is neither `--path` nor
+    /// one of ringws's own routes (`/healthz`, `/readyz`, `/metrics`): a
+    /// page to serve (the web client of a chat, say), or `None` for 404.
+    /// Runs on a worker's thread like the other callbacks.
+    fn page(&self, path: &str) -> Option<Page> {
+        let _ = path;
+        None
+    }
+}
+
+/// A page served by [`Handler::page`]: `200` with a content type and a body.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub(crate) content_type: &'static str,
+    pub(crate) body: bytes::Bytes,
+}
+
+impl Page {
+    /// An HTML page (`text/html; charset=utf-8`).
+    pub fn html(body: impl Into<bytes::Bytes>) -> Page {
+        Page::new("text/html; charset=utf-8", body)
+    }
+
+    /// A body of any content type.
+    pub fn new(content_type: &'static str, body: impl Into<bytes::Bytes>) -> Page {
+        Page {
+            content_type,
+            body: body.into(),
+        }
+    }
 }
 
 /// A message as the handler receives it.

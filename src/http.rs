@@ -412,7 +412,24 @@ fn route<H: Handler>(
             );
             res
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker.handler.page(path)
+        })) {
+            Err(_) => {
+                worker.metrics.handler_panics.add(1);
+                tracing::error!(path, "handler panicked in page");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+            }
+            Ok(Some(page)) => {
+                let mut res = Response::new(Full::new(page.body));
+                match HeaderValue::from_str(page.content_type) {
+                    Ok(value) => drop(res.headers_mut().insert(header::CONTENT_TYPE, value)),
+                    Err(_) => tracing::warn!(path, "a page's content type is not a header value"),
+                }
+                res
+            }
+            Ok(None) => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
 }
 

@@ -76,7 +76,7 @@ mod testing;
 
 pub use app::{run, serve};
 pub use config::{BackpressurePolicy, Config, IoMode};
-pub use handler::{Accept, Conn, Echo, Handler, Message, Refuse, Request, Sender, Sent};
+pub use handler::{Accept, Conn, Echo, Handler, Message, Page, Refuse, Request, Sender, Sent};
 pub use io::Backend;
 pub use pubsub::Publisher;
 pub use server::{DrainHandle, Error, RunningServer, Server};

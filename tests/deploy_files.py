@@ -840,7 +840,8 @@ def main(argv):
     defaults_cm = docs.get("config-defaults.yaml") or {}
     services = []
     for name, seccomp_type in (("service.yaml", "RuntimeDefault"),
-                               ("service-iouring.yaml", "Localhost")):
+                               ("service-iouring.yaml", "Localhost"),
+                               ("chat-service.yaml", "RuntimeDefault")):
         if C.check(isinstance(docs.get(name), dict), "deploy/%s present (one document)" % name):
             services.append(check_service(name, docs[name], facts, seccomp_type, defaults_cm))
         else:

@@ -154,3 +154,41 @@ async fn room_sends_every_message_to_every_member_the_sender_included() {
         }
     }
 }
+
+#[tokio::test]
+async fn chat_serves_its_page_and_talks_in_rooms() {
+    for io in IO {
+        let server = Launch::example("chat", &["--io", io]).start();
+        let (status, _, body) = http_get(server.addr, "/").await;
+        assert_eq!(status, 200, "{io}");
+        assert!(body.contains("ReconnectingSocket"), "{io}: the page");
+        assert_eq!(http_get(server.addr, "/nothing").await.0, 404, "{io}");
+        let (_, refused) = upgrade(server.addr, "/ws?room=", "").await;
+        assert_eq!(refused, 400, "{io}: an empty room name");
+        let (mut ann, s) = upgrade(server.addr, "/ws?room=a%20b&name=Ann", "").await;
+        assert_eq!(s, 101);
+        // Ann's own copy back: her session has joined (`open` ran first).
+        ann.write_all(&masked(true, 1, b"first")).await.unwrap();
+        assert_eq!(text(&mut ann).await, r#"{"from":"Ann","text":"first"}"#);
+        let (mut bob, _) = upgrade(server.addr, "/ws?room=a+b&name=Bob", "").await;
+        let (mut eve, _) = upgrade(server.addr, "/ws?room=elsewhere&name=Eve", "").await;
+        assert_eq!(
+            text(&mut ann).await,
+            r#"{"from":"Bob","text":"joined the room","event":true}"#
+        );
+        bob.write_all(&masked(true, 1, "say \"hi\"".as_bytes()))
+            .await
+            .unwrap();
+        let line = r#"{"from":"Bob","text":"say \"hi\""}"#;
+        assert_eq!(text(&mut ann).await, line, "{io}");
+        assert_eq!(text(&mut bob).await, line, "{io}: the sender too");
+        eve.write_all(&masked(true, 1, b"alone")).await.unwrap();
+        assert_eq!(text(&mut eve).await, r#"{"from":"Eve","text":"alone"}"#);
+        ann.write_all(&masked(true, 1, b"next")).await.unwrap();
+        assert_eq!(
+            text(&mut bob).await,
+            r#"{"from":"Ann","text":"next"}"#,
+            "{io}: not Eve's"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Headless Chromium against ringws, driven by playwright-core.
 //
-// usage: node browser.js WS_URL SCREENSHOT.png LABEL [LIFETIME_WS_URL]
+// usage: node browser.js WS_URL SCREENSHOT.png LABEL
 //
 // Serves page.html from a tiny HTTP server on 127.0.0.1 (ephemeral port),
 // launches Debian's /usr/bin/chromium with a fresh --user-data-dir, loads the
@@ -9,9 +9,7 @@
 // echoes, checks ws.extensions === "" and closes with 4000), watches the
 // handshake over the DevTools protocol (Chromium offers permessage-deflate,
 // ringws must not accept it), saves a screenshot and prints one PASS/FAIL line
-// per step. With LIFETIME_WS_URL (a server with a short --max-lifetime), the
-// page's ReconnectingSocket rides through a Close 1001 onto a new connection.
-// Exit status 0 only if every step passed.
+// per step. Exit status 0 only if every step passed.
 "use strict";
 const fs = require("fs");
 const os = require("os");
@@ -19,9 +17,9 @@ const path = require("path");
 const http = require("http");
 const { chromium } = require("playwright-core");
 
-const [wsUrl, shotPath, label = "browser", lifetimeUrl = ""] = process.argv.slice(2);
+const [wsUrl, shotPath, label = "browser"] = process.argv.slice(2);
 if (!wsUrl || !shotPath) {
-  console.error("usage: node browser.js WS_URL SCREENSHOT.png LABEL [LIFETIME_WS_URL]");
+  console.error("usage: node browser.js WS_URL SCREENSHOT.png LABEL");
   process.exit(2);
 }
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
@@ -49,8 +47,7 @@ async function main() {
   const fail = (name, detail) => results.push(["FAIL", name, detail]);
 
   const srv = await serve();
-  const pageUrl = `http://127.0.0.1:${srv.address().port}/page.html?ws=${encodeURIComponent(wsUrl)}&label=${encodeURIComponent(label)}` +
-    (lifetimeUrl ? `&lifetime=${encodeURIComponent(lifetimeUrl)}` : "");
+  const pageUrl = `http://127.0.0.1:${srv.address().port}/page.html?ws=${encodeURIComponent(wsUrl)}&label=${encodeURIComponent(label)}`;
   const profile = fs.mkdtempSync(path.join(process.env.INTEROP_TMP || os.tmpdir(), "chromium-profile-"));
   let context;
   try {

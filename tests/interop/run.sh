@@ -20,6 +20,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 RINGWS_BIN="${RINGWS_BIN:-target/release/ringws}"
+CHAT_BIN="${CHAT_BIN:-$ROOT/target/release/examples/chat}"
 BACKENDS="${INTEROP_BACKENDS:-uring epoll}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ringws"
 VENV="${INTEROP_VENV:-$CACHE/interop-venv}"
@@ -139,6 +140,16 @@ if [ ! -x "$RINGWS_BIN" ]; then
     finish
 fi
 PY="$VENV/bin/python"
+# The chat example across two processes needs a NATS server and the example.
+if bash "$ROOT/tests/nats/install.sh" >"$OUT/nats-install.log" 2>&1; then
+    pass "setup: nats-server"
+else
+    fail "setup: nats-server: see $OUT/nats-install.log"
+fi
+if [ ! -x "$CHAT_BIN" ] && ! (cd "$ROOT" && cargo build --release --example chat >"$OUT/chat-build.log" 2>&1); then
+    fail "setup: cargo build --release --example chat: see $OUT/chat-build.log"
+fi
+NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
 
 # ---------------------------------------------------------------- helpers
 free_port() {
@@ -218,8 +229,8 @@ wscat_execute() { # label url: scripted, -x sends Hello and wscat closes after -
     fi
 }
 
-start_ringws() { # backend port logfile [flags...] -> sets RPID
-    "$RINGWS_BIN" --bind 127.0.0.1 --port "$2" --io "$1" --workers "$WORKERS" "${@:4}" >"$3" 2>&1 &
+start_ringws() { # backend port logfile [binary [flags...]] -> sets RPID
+    "${4:-$RINGWS_BIN}" --bind 127.0.0.1 --port "$2" --io "$1" --workers "$WORKERS" "${@:5}" >"$3" 2>&1 &
     RPID=$!
     PIDS+=("$RPID")
     wait_http "http://127.0.0.1:$2/healthz" "$RPID"
@@ -243,6 +254,11 @@ start_nginx() { # listen_port upstream_port -> sets NPID
 }
 
 # ---------------------------------------------------------------- the runs
+# One NATS server for the chat checks: the backplane of two chat processes.
+NATS_PORT="$(free_port)"
+"$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
+NATS_PID=$!
+PIDS+=("$NATS_PID")
 first_shot=""
 for backend in $BACKENDS; do
     log "=== backend $backend"
@@ -256,24 +272,33 @@ for backend in $BACKENDS; do
     fi
     url="ws://127.0.0.1:$port/ws"
 
-    # Headless Chromium via playwright-core; its reconnecting client against a second
-    # server whose sessions live 2 s (--max-lifetime).
+    # Headless Chromium via playwright-core.
     shot="$OUT/browser-$backend.png"
-    main_pid="$RPID"
-    lport="$(free_port)"
-    lurl=""
-    if start_ringws "$backend" "$lport" "$OUT/ringws-$backend-lifetime.log" \
-        --max-lifetime 2s --max-lifetime-jitter 0; then
-        lurl="ws://127.0.0.1:$lport/ws"
-    else
-        fail "[$backend] ringws --max-lifetime 2s did not answer /healthz"
-    fi
-    lifetime_pid="$RPID"
-    RPID="$main_pid"
-    run_check "[$backend] browser" 120 node "$HERE/browser.js" "$url" "$shot" "$backend" "$lurl"
-    kill_pids "$lifetime_pid"
-    forget_pid "$lifetime_pid"
+    run_check "[$backend] browser" 120 node "$HERE/browser.js" "$url" "$shot" "$backend"
     [ -z "$first_shot" ] && [ -f "$shot" ] && first_shot="$shot"
+
+    # examples/chat in Chromium: a page on each of two processes that share their rooms
+    # through NATS, sessions ended by --max-lifetime 4s and reconnected by the page.
+    main_pid="$RPID"
+    chat_pids=()
+    chat_urls=()
+    for side in a b; do
+        cport="$(free_port)"
+        if start_ringws "$backend" "$cport" "$OUT/chat-$backend-$side.log" "$CHAT_BIN" \
+            --backplane "nats://127.0.0.1:$NATS_PORT" --max-lifetime 4s --max-lifetime-jitter 0; then
+            chat_urls+=("http://127.0.0.1:$cport/")
+        else
+            fail "[$backend] chat example ($side) did not answer /healthz"
+        fi
+        chat_pids+=("$RPID")
+    done
+    RPID="$main_pid"
+    if [ "${#chat_urls[@]}" = 2 ]; then
+        run_check "[$backend] chat" 120 node "$HERE/chat.js" "${chat_urls[0]}" "${chat_urls[1]}" \
+            "$OUT/chat-$backend.png" "$backend"
+    fi
+    kill_pids "${chat_pids[@]}"
+    for p in "${chat_pids[@]}"; do forget_pid "$p"; done
 
     # wscat.
     wscat_execute "$backend" "$url"
