@@ -153,11 +153,11 @@ impl Flags {
     const OPENED: u16 = 128;
     /// A `Sender` was made: the session has a mailbox in its worker's map.
     const MAILBOX: u16 = 256;
+    /// Outlived `--max-lifetime` while a write waited: closes once it is done.
+    const EXPIRED: u16 = 512;
     /// Subscribed to a topic: may have published messages queued in its
     /// worker's topics.
     const SUBSCRIBED: u16 = 1024;
-    /// Outlived `--max-lifetime` while a write waited: closes once it is done.
-    const EXPIRED: u16 = 512;
 
     fn has(self, flag: u16) -> bool {
         self.0 & flag != 0
@@ -344,7 +344,8 @@ impl Outgoing {
     }
 
     /// Written: consumes the frame it answers, returns a queue's buffer to
-    /// the pool, and counts an echo.
+    /// the pool, tells the topics what a subscriber (`key`) wrote, and
+    /// counts an echo.
     fn finish<S, H: Handler>(self, ws: &mut WebSocket<S>, worker: &Worker<H>, key: usize) {
         match self.source {
             Source::Reply(frame) => {
