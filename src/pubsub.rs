@@ -15,7 +15,10 @@
 //! A subscriber's queue counts against `--max-backpressure` like what its
 //! handler sends: past it, the message is dropped for that subscriber or the
 //! subscriber is closed (1008), so one slow subscriber neither slows the
-//! others nor holds more than its cap. When its session writes, it copies the
+//! others nor holds more than its cap. The cap bounds what the subscriber's
+//! socket has not taken: a burst published in one round is queued whole
+//! (up to [`BURST_CAPS`] caps) for a subscriber whose session has not had
+//! its turn to write yet. When its session writes, it copies the
 //! small frames queued into one pooled buffer (one write for several
 //! messages) and writes a large frame from the shared bytes.
 //!
@@ -25,7 +28,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -303,28 +305,6 @@ pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Frame {
     frame
 }
 
-/// Hashes session keys (small integers from a slab) with one multiply.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_usize(&mut self, key: usize) {
-        self.0 = (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type ByKey<V> = HashMap<usize, V, BuildHasherDefault<KeyHasher>>;
-
 /// A topic on one worker: its subscribers there.
 #[derive(Debug)]
 struct Local {
@@ -332,23 +312,92 @@ struct Local {
     keys: Vec<usize>,
 }
 
-/// The frames queued for one subscriber, in order.
-#[derive(Debug, Default)]
-struct Queue(VecDeque<Frame>);
+/// A session's place in one topic: the topic's slot in
+/// [`LocalTopics::topics`] and the session's index in its list of keys.
+type Place = (u32, u32);
 
-/// A subscribed session on one worker.
-#[derive(Debug, Default)]
+/// `Subscriber::first` of a session in no topic.
+const NOWHERE: Place = (u32::MAX, 0);
+
+/// A session on one worker, as the topics see it; indexed by session key
+/// (keys are a slab's: dense, and reused). 24 bytes, and no allocation for
+/// a session in one topic with nothing queued: what an idle subscriber
+/// costs, the figure a pod's connection count multiplies.
+#[derive(Debug)]
 struct Subscriber {
-    /// Its topics (slots in [`LocalTopics::topics`]) and its index in each
-    /// one's list of keys.
-    topics: Vec<(u32, u32)>,
-    /// Frames delivered and not yet taken by the session (a pooled queue,
-    /// held only while it has some). Boxed: 8 bytes in an idle subscriber
-    /// instead of a `VecDeque`'s 32.
-    pending: Option<Box<Queue>>,
-    /// Bytes of `pending`, plus those the session took and has not
+    /// Its first topic, or [`NOWHERE`].
+    first: Place,
+    /// Its other topics, if it has more than one. Boxed: 8 bytes in every
+    /// subscriber rather than a `Vec`'s 24, for the rarer second topic.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<Place>>>,
+    /// What is queued for it, while anything is (pooled).
+    out: Option<Box<Output>>,
+}
+
+impl Default for Subscriber {
+    fn default() -> Self {
+        Subscriber {
+            first: NOWHERE,
+            more: None,
+            out: None,
+        }
+    }
+}
+
+impl Subscriber {
+    fn places(&self) -> impl Iterator<Item = &Place> {
+        let first = (self.first != NOWHERE).then_some(&self.first);
+        first
+            .into_iter()
+            .chain(self.more.iter().flat_map(|m| m.iter()))
+    }
+
+    fn place_mut(&mut self, slot: u32) -> Option<&mut Place> {
+        if self.first.0 == slot {
+            return Some(&mut self.first);
+        }
+        self.more.as_mut()?.iter_mut().find(|p| p.0 == slot)
+    }
+
+    fn add(&mut self, place: Place) {
+        if self.first == NOWHERE {
+            self.first = place;
+        } else {
+            self.more.get_or_insert_default().push(place);
+        }
+    }
+
+    /// Out of topic `slot`; its index there, if it was in it.
+    fn remove(&mut self, slot: u32) -> Option<u32> {
+        let more = self.more.as_mut();
+        let removed = if self.first.0 == slot {
+            let removed = self.first;
+            self.first = more.and_then(|m| m.pop()).unwrap_or(NOWHERE);
+            removed
+        } else {
+            let more = more?;
+            let i = more.iter().position(|p| p.0 == slot)?;
+            more.swap_remove(i)
+        };
+        if self.more.as_ref().is_some_and(|m| m.is_empty()) {
+            self.more = None;
+        }
+        Some(removed.1)
+    }
+}
+
+/// What is queued for one subscriber.
+#[derive(Debug, Default)]
+struct Output {
+    /// Frames delivered and not yet taken by the session, in order.
+    frames: VecDeque<Frame>,
+    /// Bytes of `frames`, plus those the session took and has not
     /// written: what `--max-backpressure` bounds.
     queued: usize,
+    /// The session's last write waits on its socket (see
+    /// [`LocalTopics::stalled`]).
+    waiting: bool,
     /// A delivery found the cap reached with the `close` policy.
     over_cap: bool,
 }
@@ -365,13 +414,13 @@ pub(crate) struct LocalTopics {
     metrics: Arc<WorkerMetrics>,
     names: RefCell<HashMap<Arc<str>, u32>>,
     topics: RefCell<Slab<Local>>,
-    subscribers: RefCell<ByKey<Subscriber>>,
-    /// Emptied queues, kept so that a delivery does not allocate one.
+    subscribers: RefCell<Vec<Subscriber>>,
+    /// Emptied outputs, kept so that a delivery does not allocate one.
     /// Boxed as subscribers hold them, so that handing one out allocates
     /// nothing.
     #[allow(clippy::vec_box)]
-    spare: RefCell<Vec<Box<Queue>>>,
-    /// Fewest queues `spare` held since the last [`LocalTopics::trim`]:
+    spare: RefCell<Vec<Box<Output>>>,
+    /// Fewest outputs `spare` held since the last [`LocalTopics::trim`]:
     /// that many went unused for the whole period.
     spare_low: std::cell::Cell<usize>,
     /// Deliveries taken from the inbox (its capacity kept).
@@ -391,8 +440,20 @@ pub(crate) enum Taken {
 #[derive(Debug)]
 pub(crate) struct OverCap;
 
-/// Most frames a queue keeps after it is emptied (larger ones are freed).
+/// Most frames an output keeps room for after it is emptied (larger ones
+/// are freed).
 const SPARE_QUEUE_MAX: usize = 64;
+
+/// How many times `--max-backpressure` a subscriber whose socket is taking
+/// what its session writes may have queued. The cap bounds what the socket
+/// has not taken, as uWebSockets' `maxBackpressure` bounds a socket's
+/// buffered amount: a burst published in one round of the worker (a
+/// publisher's pipelined messages, an inbox batch) is queued in full for a
+/// subscriber whose session has not yet had its turn to write, and counts
+/// against the cap itself only once a write of that session waits on its
+/// socket. This multiple bounds the burst all the same (per subscriber:
+/// 16 bytes of queue per frame; the frames themselves are shared).
+const BURST_CAPS: usize = 16;
 
 impl LocalTopics {
     /// Worker `worker`'s topics, on `hub`.
@@ -445,12 +506,15 @@ impl LocalTopics {
             }
         };
         let mut subscribers = self.subscribers.borrow_mut();
-        let sub = subscribers.entry(key).or_default();
-        if sub.topics.iter().any(|&(s, _)| s == slot) {
+        if subscribers.len() <= key {
+            subscribers.resize_with(key + 1, Subscriber::default);
+        }
+        let sub = &mut subscribers[key];
+        if sub.place_mut(slot).is_some() {
             return false;
         }
         let local = &mut topics[slot as usize];
-        sub.topics.push((slot, local.keys.len() as u32));
+        sub.add((slot, local.keys.len() as u32));
         local.keys.push(key);
         true
     }
@@ -461,17 +525,9 @@ impl LocalTopics {
             return false;
         };
         let mut subscribers = self.subscribers.borrow_mut();
-        let Some(sub) = subscribers.get_mut(&key) else {
+        let Some(index) = subscribers.get_mut(key).and_then(|s| s.remove(slot)) else {
             return false;
         };
-        let Some(i) = sub.topics.iter().position(|&(s, _)| s == slot) else {
-            return false;
-        };
-        let (_, index) = sub.topics.swap_remove(i);
-        let leaves = sub.topics.is_empty() && sub.queued == 0;
-        if leaves {
-            subscribers.remove(&key);
-        }
         self.remove_key(&mut subscribers, slot, index);
         true
     }
@@ -479,31 +535,26 @@ impl LocalTopics {
     /// Session `key` is over: out of every topic, its queue dropped.
     pub(crate) fn leave(&self, key: usize) {
         let mut subscribers = self.subscribers.borrow_mut();
-        let Some(sub) = subscribers.remove(&key) else {
+        let Some(mut sub) = subscribers.get_mut(key).map(std::mem::take) else {
             return;
         };
-        if let Some(queue) = sub.pending {
-            self.give_queue(queue);
+        if let Some(out) = sub.out.take() {
+            self.give_output(out);
         }
-        for (slot, index) in sub.topics {
+        for &(slot, index) in sub.places() {
             self.remove_key(&mut subscribers, slot, index);
         }
     }
 
     /// Removes the key at `index` of topic `slot` (moving the last key into
     /// its place), and the topic from this worker if that was its last.
-    fn remove_key(&self, subscribers: &mut ByKey<Subscriber>, slot: u32, index: u32) {
+    fn remove_key(&self, subscribers: &mut [Subscriber], slot: u32, index: u32) {
         let mut topics = self.topics.borrow_mut();
         let local = &mut topics[slot as usize];
         local.keys.swap_remove(index as usize);
         if let Some(&moved) = local.keys.get(index as usize) {
-            let sub = subscribers.get_mut(&moved).expect("a subscriber's key");
-            let entry = sub
-                .topics
-                .iter_mut()
-                .find(|(s, _)| *s == slot)
-                .expect("its topic");
-            entry.1 = index;
+            let place = subscribers[moved].place_mut(slot).expect("its topic");
+            place.1 = index;
         }
         if local.keys.is_empty() {
             let local = topics.remove(slot as usize);
@@ -548,27 +599,29 @@ impl LocalTopics {
             if Some(key) == except {
                 continue;
             }
-            let Some(sub) = subscribers.get_mut(&key) else {
-                continue;
-            };
-            if sub.over_cap {
+            let out = subscribers[key]
+                .out
+                .get_or_insert_with(|| self.spare_output());
+            if out.over_cap {
                 continue;
             }
-            if sub.queued > self.cap {
+            let cap = if out.waiting {
+                self.cap
+            } else {
+                self.cap.saturating_mul(BURST_CAPS)
+            };
+            if out.queued > cap {
                 if self.drop {
                     self.metrics.backpressure_drops.add(1);
                 } else {
-                    sub.over_cap = true;
+                    out.over_cap = true;
                     sessions.wake(key);
                 }
                 continue;
             }
-            let was_empty = sub.queued == 0;
-            sub.queued += frame.len();
-            sub.pending
-                .get_or_insert_with(|| self.spare_queue())
-                .0
-                .push_back(frame.clone());
+            let was_empty = out.frames.is_empty();
+            out.queued += frame.len();
+            out.frames.push_back(frame.clone());
             if was_empty {
                 sessions.wake(key);
             }
@@ -595,78 +648,88 @@ impl LocalTopics {
     /// Session `key`'s next frames to write, if it has any queued: small
     /// ones copied into a buffer from `pool` (as many as fit), or one large
     /// one shared. `Err` if a delivery found its cap reached with the
-    /// `close` policy.
+    /// `close` policy. The session calls this only when it has nothing
+    /// else to write, so its socket is not (or no longer) waiting.
     pub(crate) fn take(&self, key: usize, pool: &BufferPool) -> Result<Option<Taken>, OverCap> {
         let mut subscribers = self.subscribers.borrow_mut();
-        let Some(sub) = subscribers.get_mut(&key) else {
+        let Some(out) = subscribers.get_mut(key).and_then(|s| s.out.as_mut()) else {
             return Ok(None);
         };
-        if sub.over_cap {
+        if out.over_cap {
             return Err(OverCap);
         }
-        let Some(queue) = sub.pending.as_mut() else {
+        out.waiting = false;
+        let frames = &mut out.frames;
+        if frames.is_empty() {
             return Ok(None);
-        };
+        }
         let mut buf = pool.take();
         let room = buf.capacity();
-        let queue = &mut queue.0;
-        let taken = if queue.front().is_some_and(|f| f.len() > room) {
+        if frames.front().is_some_and(|f| f.len() > room) {
             pool.give(buf);
-            queue.pop_front().map(Taken::Shared)
-        } else {
-            let mut frames = 0;
-            while let Some(f) = queue.front()
-                && buf.len() + f.len() <= room
-            {
-                buf.extend_from_slice(f);
-                queue.pop_front();
-                frames += 1;
-            }
-            Some(Taken::Copied(buf, frames))
-        };
-        if queue.is_empty() {
-            let queue = sub.pending.take().expect("queued");
-            drop(subscribers);
-            self.give_queue(queue);
+            return Ok(frames.pop_front().map(Taken::Shared));
         }
-        Ok(taken)
+        let mut n = 0;
+        while let Some(f) = frames.front()
+            && buf.len() + f.len() <= room
+        {
+            buf.extend_from_slice(f);
+            frames.pop_front();
+            n += 1;
+        }
+        Ok(Some(Taken::Copied(buf, n)))
     }
 
-    /// A delivery to session `key` found its cap reached (policy `close`).
-    pub(crate) fn over_cap(&self, key: usize) -> bool {
-        self.subscribers
-            .borrow()
-            .get(&key)
-            .is_some_and(|sub| sub.over_cap)
+    /// A write of session `key` waits on its socket: from now on (until it
+    /// next takes) what is queued for it counts against the cap itself.
+    /// Whether a delivery found the cap reached (policy `close`).
+    pub(crate) fn stalled(&self, key: usize) -> bool {
+        let mut subscribers = self.subscribers.borrow_mut();
+        match subscribers.get_mut(key).and_then(|s| s.out.as_mut()) {
+            Some(out) => {
+                out.waiting = true;
+                out.over_cap
+            }
+            None => false,
+        }
     }
 
     /// Session `key` wrote `bytes` of what it took.
     pub(crate) fn written(&self, key: usize, bytes: usize) {
         let mut subscribers = self.subscribers.borrow_mut();
-        if let Some(sub) = subscribers.get_mut(&key) {
-            sub.queued -= bytes.min(sub.queued);
-            if sub.topics.is_empty() && sub.queued == 0 && sub.pending.is_none() {
-                subscribers.remove(&key);
-            }
+        let Some(sub) = subscribers.get_mut(key) else {
+            return;
+        };
+        let Some(out) = sub.out.as_mut() else {
+            return;
+        };
+        out.queued -= bytes.min(out.queued);
+        if out.queued == 0 && !out.over_cap {
+            let out = sub.out.take().expect("just seen");
+            drop(subscribers);
+            self.give_output(out);
         }
     }
 
-    /// An empty queue: a spare one, or a new one.
-    fn spare_queue(&self) -> Box<Queue> {
+    /// An empty output: a spare one, or a new one.
+    fn spare_output(&self) -> Box<Output> {
         let mut spare = self.spare.borrow_mut();
-        let queue = spare.pop().unwrap_or_default();
+        let out = spare.pop().unwrap_or_default();
         self.spare_low.set(self.spare_low.get().min(spare.len()));
-        queue
+        out
     }
 
-    fn give_queue(&self, mut queue: Box<Queue>) {
-        queue.0.clear();
-        if queue.0.capacity() <= SPARE_QUEUE_MAX {
-            self.spare.borrow_mut().push(queue);
+    fn give_output(&self, mut out: Box<Output>) {
+        out.frames.clear();
+        if out.frames.capacity() <= SPARE_QUEUE_MAX {
+            out.queued = 0;
+            out.waiting = false;
+            out.over_cap = false;
+            self.spare.borrow_mut().push(out);
         }
     }
 
-    /// Frees the spare queues that went unused since the last call (the
+    /// Frees the spare outputs that went unused since the last call (the
     /// worker's memory collection, once a second), as the buffer pool does.
     pub(crate) fn trim(&self) {
         let mut spare = self.spare.borrow_mut();
@@ -678,10 +741,14 @@ impl LocalTopics {
         self.spare_low.set(spare.len());
     }
 
-    /// Sessions subscribed here (or with frames still queued).
+    /// Sessions in a topic here, or with frames still queued.
     #[cfg(test)]
     pub(crate) fn subscribers(&self) -> usize {
-        self.subscribers.borrow().len()
+        self.subscribers
+            .borrow()
+            .iter()
+            .filter(|s| s.first != NOWHERE || s.out.is_some())
+            .count()
     }
 }
 
@@ -811,7 +878,7 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_at_its_cap_is_dropped_from_or_closed() {
+    fn a_waiting_subscriber_at_its_cap_is_dropped_from_or_closed() {
         for drop in [true, false] {
             let hub = Arc::new(Hub::new(1));
             let metrics = Arc::new(WorkerMetrics::default());
@@ -821,8 +888,12 @@ mod tests {
             let (keys, _) = parked(&sessions, 2);
             topics.subscribe(keys[0], "t");
             topics.subscribe(keys[1], "t");
-            for _ in 0..5 {
+            for i in 0..5 {
                 topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+                if i == 0 {
+                    // keys[0]'s session could not write all it had.
+                    assert!(!topics.stalled(keys[0]));
+                }
                 // keys[1] keeps up.
                 assert_eq!(drain(&topics, keys[1], &pool).len(), 10);
             }
@@ -833,10 +904,80 @@ mod tests {
                 assert!(matches!(taken, Ok(Some(Taken::Copied(_, 2)))), "{taken:?}");
                 assert_eq!(metrics.backpressure_drops.get(), 3);
             } else {
-                assert!(taken.is_err() && topics.over_cap(keys[0]));
+                assert!(taken.is_err() && topics.stalled(keys[0]));
                 assert_eq!(metrics.backpressure_drops.get(), 0);
             }
         }
+    }
+
+    #[test]
+    fn a_burst_is_queued_in_full_until_the_socket_waits() {
+        let metrics = Arc::new(WorkerMetrics::default());
+        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 10, true, metrics.clone());
+        let sessions = LocalSessions::default();
+        let pool = BufferPool::default();
+        let (keys, _) = parked(&sessions, 1);
+        topics.subscribe(keys[0], "t");
+        // Ten times the cap in one round, before the session's turn: all
+        // of it is queued (up to BURST_CAPS caps).
+        for _ in 0..10 {
+            topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+        }
+        assert_eq!(drain(&topics, keys[0], &pool).len(), 100);
+        assert_eq!(metrics.backpressure_drops.get(), 0);
+        // A burst past BURST_CAPS caps is bounded all the same.
+        for _ in 0..BURST_CAPS + 5 {
+            topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+        }
+        let kept = drain(&topics, keys[0], &pool).len() / 10;
+        assert_eq!(kept, BURST_CAPS + 1);
+        assert_eq!(metrics.backpressure_drops.get(), 4);
+        // Once its write waits, the cap itself.
+        topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+        assert!(!topics.stalled(keys[0]));
+        for _ in 0..3 {
+            topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+        }
+        assert_eq!(drain(&topics, keys[0], &pool).len(), 20);
+        assert_eq!(metrics.backpressure_drops.get(), 6);
+        // Taking again (the socket took everything): bursts are whole again.
+        for _ in 0..10 {
+            topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
+        }
+        assert_eq!(drain(&topics, keys[0], &pool).len(), 100);
+        assert_eq!(topics.subscribers(), 1);
+        assert!(
+            topics.subscribers.borrow()[keys[0]].out.is_none(),
+            "all written: returned"
+        );
+    }
+
+    #[test]
+    fn an_idle_subscriber_is_24_bytes_and_holds_nothing() {
+        assert_eq!(std::mem::size_of::<Subscriber>(), 24);
+        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 10, true, Arc::default());
+        let sessions = LocalSessions::default();
+        let (keys, _) = parked(&sessions, 3);
+        topics.subscribe(keys[1], "a");
+        let subs = topics.subscribers.borrow();
+        assert!(subs[keys[1]].more.is_none() && subs[keys[1]].out.is_none());
+        drop(subs);
+        // More topics, then out of them in any order.
+        topics.subscribe(keys[1], "b");
+        topics.subscribe(keys[1], "c");
+        topics.subscribe(keys[2], "a");
+        assert!(topics.unsubscribe(keys[1], "a"));
+        assert!(topics.unsubscribe(keys[1], "c"));
+        assert!(!topics.unsubscribe(keys[1], "c"));
+        assert!(!topics.unsubscribe(keys[0], "b"), "never subscribed");
+        let subs = topics.subscribers.borrow();
+        assert_eq!(subs[keys[1]].places().count(), 1);
+        assert!(subs[keys[1]].more.is_none());
+        drop(subs);
+        topics.leave(keys[1]);
+        topics.leave(keys[2]);
+        assert_eq!(topics.subscribers(), 0);
+        assert!(topics.names.borrow().is_empty());
     }
 
     #[test]

@@ -1059,9 +1059,10 @@ impl<S: Stream, H: Handler> Session<S, H> {
                         }
                         // Senders and publishers may still post: past the
                         // cap (policy close), a peer that does not read is
-                        // let go.
+                        // let go. From here on, what is published to it
+                        // counts against the cap itself (`stalled`).
                         if this.mailbox().is_some_and(|m| m.over_cap())
-                            || (this.flags.has(Flags::SUBSCRIBED) && worker.topics.over_cap(key))
+                            || (this.flags.has(Flags::SUBSCRIBED) && worker.topics.stalled(key))
                         {
                             worker.metrics.backpressure_closes.add(1);
                             return Poll::Ready(fail(

@@ -269,3 +269,44 @@ async fn a_subscriber_that_never_reads_meets_the_policy_and_the_others_get_every
         }
     }
 }
+
+#[tokio::test]
+async fn a_burst_past_the_cap_in_one_read_reaches_subscribers_that_read() {
+    // 8 × 16 KiB published from one read: twice the default cap of 64 KiB,
+    // queued before any subscriber's session has had its turn to write.
+    // The cap bounds what a socket has not taken, so subscribers that read
+    // get all of it.
+    const MESSAGES: usize = 8;
+    for io in BACKENDS {
+        let server = server(io, |_| {});
+        let addr = server.local_addr();
+        let mut listeners = Vec::new();
+        for _ in 0..4 {
+            listeners.push(join(&server, "burst").await);
+        }
+        let mut publisher = join(&server, "").await;
+        let payload = "y".repeat(16 << 10);
+        let mut burst = Vec::new();
+        for i in 0..MESSAGES {
+            burst.extend(masked(
+                true,
+                1,
+                format!("pub burst {i} {payload}").as_bytes(),
+            ));
+        }
+        publisher.write_all(&burst).await.unwrap();
+        for l in &mut listeners {
+            for i in 0..MESSAGES {
+                assert_eq!(read_text(l).await, format!("{i} {payload}"), "{io:?}");
+            }
+        }
+        let text = scrape(addr).await;
+        for name in [
+            "ringws_backpressure_closes_total",
+            "ringws_backpressure_drops_total",
+        ] {
+            assert_eq!(metric(&text, name), Some(0.0), "{name} {io:?}");
+        }
+        server.shutdown().unwrap();
+    }
+}
