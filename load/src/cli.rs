@@ -36,6 +36,7 @@ Examples:
   ringws-load rate  --addr 127.0.0.1:9001 -c 100 --rate 100000 --server-pid PID
   ringws-load idle  --addr 127.0.0.1:9001 -c 15000 --hold 3s --server-pid PID
   ringws-load churn --addr 127.0.0.1:9001 -c 10 --server-pid PID
+  ringws-load fanout --addr 127.0.0.1:9001 -c 1000 -s 20 --server-pid PID   # examples/room.rs
   benches/compare.sh     # all servers and scenarios, best of rounds, ratio table";
 
 #[derive(Debug, Parser)]
@@ -66,7 +67,8 @@ pub enum Cmd {
     /// connection; later messages wait, and their latency keeps growing.
     /// "client send lag" reports how late messages were queued.
     Rate(RateArgs),
-    /// Open N connections, echo one message on each, hold them all idle.
+    /// Open N connections, echo one message on each (none with
+    /// --no-message), hold them all idle.
     ///
     /// Each connection is bound to its own source address in 127.0.0.0/8
     /// (IPv4 targets), so N is not bounded by ephemeral ports. Above
@@ -85,6 +87,23 @@ pub enum Cmd {
     /// handshake cycle (µs, user/sys). Source addresses are spread over
     /// 127.0.0.0/8 so TIME_WAIT sockets do not exhaust ephemeral ports.
     Churn(ChurnArgs),
+    /// Pub/sub: N listeners subscribed to one topic, one publisher.
+    ///
+    /// For a server that publishes every message it receives to every
+    /// connection of one topic, the sender included (ringws' `room`
+    /// example). The N listeners are opened first and only read; then one
+    /// publisher sends messages and keeps --window of them in flight,
+    /// counting a message done when its own copy comes back. Each message
+    /// carries its sequence number (first 8 bytes) and a fixed pattern;
+    /// every listener checks every message it receives: content, and
+    /// numbers strictly increasing without gaps. A Close from the server
+    /// on a listener (e.g. 1008 when its queue overflowed) is an error. The
+    /// publisher never runs more than --max-lag messages ahead of the
+    /// slowest listener ("lag stalls" counts how often that, not the
+    /// window, held it back). Reports server CPU per delivered message
+    /// (published in the window × (N + 1)), then publishes/s and
+    /// deliveries/s; latency is the publisher's, to its own copy.
+    Fanout(FanoutArgs),
     /// Summarise JSON lines (from benches/compare.sh) into one markdown table:
     /// best of the rounds per server and scenario, with ratios to a baseline
     /// (and, from 3 rounds on, the median CPU per message beside the best).
@@ -225,9 +244,45 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub steps: u32,
 
+    /// Open and hold the connections without sending anything on them
+    /// (for servers whose messages would fan out, like the `room` example).
+    #[arg(long)]
+    pub no_message: bool,
+
     /// Internal: run as worker I of N (set by the parent process).
     #[arg(long, hide = true, value_name = "I/N")]
     pub shard: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Listeners (subscribers that only read); the publisher comes on top.
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub connections: usize,
+
+    /// Payload bytes per message, at least 8 (accepts 16KiB, 1k, ...).
+    #[arg(short = 's', long, default_value = "20", value_parser = parse_size)]
+    pub size: usize,
+
+    /// Messages in flight, counted by the publisher's own copies.
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+
+    /// Most messages the publisher may be ahead of the slowest listener
+    /// [default: the window, or more, up to ~128 KiB of frames].
+    #[arg(long)]
+    pub max_lag: Option<usize>,
+
+    /// Send text frames instead of binary ones (the payload is ASCII).
+    #[arg(long)]
+    pub text: bool,
+
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -1,5 +1,5 @@
-//! `idle`: open N connections, echo once on each, hold them, and measure the
-//! server's memory per connection.
+//! `idle`: open N connections, echo once on each (or not: `--no-message`),
+//! hold them, and measure the server's memory per connection.
 //!
 //! Above `--per-process` connections (the open-file limit), the parent
 //! re-executes this binary as workers (`idle --shard I/N`), each holding a
@@ -72,10 +72,10 @@ impl Held {
 async fn open(target: &Arc<Target>, range: Range<usize>, a: &IdleArgs) -> Held {
     let deadline = tokio::time::Instant::now() + a.common.duration;
     let first = range.start;
-    let size = a.size;
+    let (size, no_message) = (a.size, a.no_message);
     let opened = common::open_all(range.len(), a.connect_concurrency, deadline, |i| {
         let target = target.clone();
-        async move { open_one(&target, (first + i) as u64, size).await }
+        async move { open_one(&target, (first + i) as u64, size, no_message).await }
     })
     .await;
     Held {
@@ -83,10 +83,20 @@ async fn open(target: &Arc<Target>, range: Range<usize>, a: &IdleArgs) -> Held {
     }
 }
 
-async fn open_one(target: &Target, index: u64, size: usize) -> Result<TcpStream, String> {
+/// Opens and upgrades one connection, then echoes one message on it unless
+/// `no_message`.
+async fn open_one(
+    target: &Target,
+    index: u64,
+    size: usize,
+    no_message: bool,
+) -> Result<TcpStream, String> {
     let mut rng = Rng::new();
     let Conn { mut stream, mut rx } =
         ws::connect(target, target.source(index), size + 64, &mut rng).await?;
+    if no_message {
+        return Ok(stream);
+    }
     let tx = Tx::new(size, false, &mut rng);
     let mut out = Vec::with_capacity(tx.frame_len());
     tx.push(&mut out, 0);
@@ -152,7 +162,7 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     // One connection comes and goes first, so that the baseline includes
     // whatever a server allocates once (buffers, pools, lazy statics).
     rt.block_on(async {
-        match open_one(&target, WARMUP_SOURCE, a.size).await {
+        match open_one(&target, WARMUP_SOURCE, a.size, a.no_message).await {
             Ok(s) => Held { streams: vec![s] }.close([1, 2, 3, 4]),
             Err(e) => stats::error(format!("warm-up connection: {e}")),
         }
@@ -164,7 +174,9 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     let before = common::sample_server(pid)?;
     let kernel_before = kernel_sample();
 
-    let mut r = common::base_report("idle", &a.common, target.url(), n, a.size);
+    // Size 0 records (and the table says) that no message was sent.
+    let size = if a.no_message { 0 } else { a.size };
+    let mut r = common::base_report("idle", &a.common, target.url(), n, size);
     r.processes = Some(shards as u64);
     r.window_s = a.hold.as_secs_f64();
     let steps = a.steps as usize;
@@ -310,13 +322,18 @@ impl Workers {
         let (send, lines) = mpsc::channel();
         let mut children = Vec::new();
         for i in 0..shards {
-            let mut child = Command::new(&exe)
+            let mut child = Command::new(&exe);
+            child
                 .args(["idle", "--url", &target.url()])
                 .args(["-c", &a.connections.to_string(), "-s", &a.size.to_string()])
                 .args(["--duration", &a.common.duration.as_secs_f64().to_string()])
                 .args(["--hold", &a.hold.as_secs_f64().to_string()])
                 .args(["--connect-concurrency", &a.connect_concurrency.to_string()])
-                .args(["--shard", &format!("{i}/{shards}")])
+                .args(["--shard", &format!("{i}/{shards}")]);
+            if a.no_message {
+                child.arg("--no-message");
+            }
+            let mut child = child
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -5,13 +5,14 @@
 //! `ws` (minimal client: handshake, masked frames, parser), `procfs` (server
 //! CPU/RSS, slab samples), `stats` (phase, per-thread counters, histogram),
 //! `common` (runtime, connect phase, measured window), one module per mode
-//! (`echo`, `rate`, `idle`, `churn`), `report` (JSON + table) and `summary`
+//! (`echo`, `rate`, `idle`, `churn`, `fanout`), `report` (JSON + table) and `summary`
 //! (the `report` subcommand).
 
 mod churn;
 mod cli;
 mod common;
 mod echo;
+mod fanout;
 mod idle;
 mod procfs;
 mod rate;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Rate(a) => ("rate", a.common.clone(), rate::run(a)),
         Cmd::Idle(a) => ("idle", a.common.clone(), idle::run(a)),
         Cmd::Churn(a) => ("churn", a.common.clone(), churn::run(a)),
+        Cmd::Fanout(a) => ("fanout", a.common.clone(), fanout::run(a)),
     };
     match result {
         Ok(r) => {

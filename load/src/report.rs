@@ -63,6 +63,18 @@ pub struct RunReport {
     /// a server that fell behind; included in lat_us).
     pub send_lag_us: Option<Latency>,
 
+    /// Fanout: messages published in the window (each done when the
+    /// publisher's own copy came back; `msgs` is this × (listeners + 1),
+    /// the messages delivered, which `server_cpu_ns_per_msg` divides by),
+    /// messages the listeners received in the window (≈ published ×
+    /// listeners: a cross-check), how often the publisher waited for the
+    /// slowest listener rather than for its window, and that limit.
+    pub published: Option<u64>,
+    pub published_per_s: Option<f64>,
+    pub listener_msgs: Option<u64>,
+    pub lag_stalls: Option<u64>,
+    pub max_lag: Option<u64>,
+
     /// Churn: open/upgrade/echo/close cycles completed in the window.
     pub handshakes: Option<u64>,
     pub handshakes_per_s: Option<f64>,
@@ -164,7 +176,11 @@ impl RunReport {
             self.server_sys_ns_per_msg,
         ) {
             row(
-                "server CPU / msg",
+                if self.mode == "fanout" {
+                    "server CPU / delivered msg"
+                } else {
+                    "server CPU / msg"
+                },
                 format!("{} ns  (user {} / sys {})", num(c), num(u), num(s)),
             );
         }
@@ -200,7 +216,30 @@ impl RunReport {
         if let Some(p) = self.server_cpu_pct {
             row("server CPU", format!("{p:.0} % of a core"));
         }
-        if let Some(m) = self.msgs_per_s {
+        if let (Some(p), Some(d)) = (self.published_per_s, self.msgs_per_s) {
+            row(
+                "throughput",
+                format!(
+                    "{} publishes/s → {} deliveries/s ({} copies each; {}/s payload)",
+                    num(p),
+                    num(d),
+                    int(self.conns + 1),
+                    bytes(self.bytes_per_s.unwrap_or(0.0))
+                ),
+            );
+            row(
+                "messages",
+                format!(
+                    "{} published in the window, {} received by listeners in it \
+                     (expect ≈ {}); {} lag stalls (max lag {})",
+                    int(self.published.unwrap_or(0)),
+                    int(self.listener_msgs.unwrap_or(0)),
+                    int(self.published.unwrap_or(0) * self.conns),
+                    int(self.lag_stalls.unwrap_or(0)),
+                    int(self.max_lag.unwrap_or(0)),
+                ),
+            );
+        } else if let Some(m) = self.msgs_per_s {
             let bps = self.bytes_per_s.unwrap_or(0.0);
             row(
                 "throughput",
@@ -232,6 +271,7 @@ impl RunReport {
         if let Some(l) = &self.lat_us {
             let what = match self.mode.as_str() {
                 "rate" => "latency µs (from intended send)",
+                "fanout" => "publisher → own copy µs",
                 "churn" => "cycle µs",
                 _ => "latency µs",
             };
@@ -257,9 +297,14 @@ impl RunReport {
             row(
                 "connections",
                 format!(
-                    "{} of {} open and echoed, {} alive at the end{}",
+                    "{} of {} open and {}, {} alive at the end{}",
                     int(c),
                     int(self.conns),
+                    if self.size == 0 {
+                        "silent (no message)"
+                    } else {
+                        "echoed"
+                    },
                     int(self.alive_end.unwrap_or(0)),
                     match self.processes {
                         Some(p) if p > 1 => format!(" ({p} processes)"),
@@ -332,7 +377,11 @@ impl RunReport {
             int(self.conns),
             int(self.size),
             self.inflight
-                .map_or(String::new(), |k| format!(", {k} in flight")),
+                .map_or(String::new(), |k| if self.mode == "fanout" {
+                    format!(" + 1 publisher, window {k}")
+                } else {
+                    format!(", {k} in flight")
+                }),
             if self.threads > 1 {
                 format!(", {} client threads", self.threads)
             } else {
