@@ -4,7 +4,7 @@
 //! One broker connection per process, on a thread of its own
 //! (`ringws-backplane`, a tokio current-thread runtime) through the
 //! maintained `async-nats` client. The workers talk to it through a bounded
-//! channel ([`Backplane`], the hub's [`Bridge`]): a topic that gets its
+//! channel (`Backplane`, the hub's `Bridge`): a topic that gets its
 //! first subscriber in the process is subscribed on the broker, one that
 //! loses its last is unsubscribed; a publish made here reaches this
 //! process's subscribers directly and goes to the broker once, as the
