@@ -132,6 +132,13 @@ pub struct Config {
     #[arg(long, env = "RINGWS_BACKPRESSURE_POLICY", value_enum, default_value_t = BackpressurePolicy::Close)]
     pub backpressure_policy: BackpressurePolicy,
 
+    /// permessage-deflate (RFC 7692): `off`, or `shared` (one compressor
+    /// and one inflater per worker; an idle connection holds nothing of
+    /// zlib's). Off by default: compressing costs CPU per message, which is
+    /// worth it for text-heavy traffic paid by the byte, not for all.
+    #[arg(long, env = "RINGWS_DEFLATE", value_enum, default_value_t = Deflate::Off)]
+    pub deflate: Deflate,
+
     /// Longest a WebSocket session lives (`9m`, `1h`; `0s` disables):
     /// past it (plus its jitter) it gets Close 1001 after the messages it
     /// has read are answered, as on drain, and its client reconnects,
@@ -179,6 +186,7 @@ impl Default for Config {
             min_message_rate: 1024,
             max_backpressure: 64 << 10,
             backpressure_policy: BackpressurePolicy::Close,
+            deflate: Deflate::Off,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             max_lifetime: Duration::ZERO,
@@ -196,6 +204,16 @@ pub enum BackpressurePolicy {
     Close,
     /// Drop the message: for feeds where a newer message replaces an older.
     Drop,
+}
+
+/// Whether and how messages are compressed (permessage-deflate).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Deflate {
+    /// Decline every offer: messages go as they are.
+    Off,
+    /// Accept offers; compress each message on its own with the worker's
+    /// compressor (no context takeover either way).
+    Shared,
 }
 
 /// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`

@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use crate::budget::Budget;
 use crate::buffers::BufferPool;
 use crate::config::Config;
+use crate::deflate::{Deflater, Inflater};
 use crate::drain::Drain;
 use crate::handler::{Backpressure, Echo, Handler, Mailbox};
 use crate::handshakes::Handshakes;
@@ -70,6 +71,10 @@ pub struct Worker<H: Handler = Echo> {
     pub(crate) pace: Rc<Pace>,
     /// This worker's subscribers and their queues.
     pub(crate) topics: LocalTopics,
+    /// permessage-deflate: the worker's one inflater and compressor, used
+    /// by one message at a time (shared mode).
+    pub(crate) inflater: RefCell<Inflater>,
+    pub(crate) deflater: Rc<RefCell<Deflater>>,
 }
 
 /// A session's place in `--max-connections` and in its worker's table;
@@ -122,12 +127,14 @@ impl<H: Handler> Worker<H> {
             ^ id as u64;
         let lifetime = Lifetime::new(config.max_lifetime, config.max_lifetime_jitter, seed);
         let backpressure = Backpressure::of(config);
+        let deflater = Rc::new(RefCell::new(Deflater::default()));
         let topics = LocalTopics::new(
             id,
             shared.hub.clone(),
             backpressure.cap,
             backpressure.drop,
             shared.metrics.workers[id].clone(),
+            deflater.clone(),
         );
         Rc::new(Worker {
             handler,
@@ -142,6 +149,8 @@ impl<H: Handler> Worker<H> {
             pace,
             shared,
             buffers: Default::default(),
+            inflater: RefCell::default(),
+            deflater,
         })
     }
 

@@ -9,8 +9,19 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::context::{SessionSlot, Worker};
+use crate::deflate::Agreed;
 use crate::handler::{Conn, Handler, Mailbox, Membership, Message, Requests};
 use crate::io::Stream;
+
+/// The connection a callback runs for, beside its state.
+pub(crate) struct Link<'a, S> {
+    /// Its socket (the peer's address).
+    pub stream: &'a S,
+    /// Its mailbox, if a `Sender` was made.
+    pub mailbox: Option<Arc<Mailbox>>,
+    /// permessage-deflate, if negotiated.
+    pub deflate: Option<Agreed>,
+}
 
 /// Runs one handler callback with a [`Conn`] on `state`, catching a panic
 /// (`requests.panicked`). Sends are framed in the worker's spare buffer;
@@ -19,9 +30,8 @@ use crate::io::Stream;
 pub(crate) fn call<S: Stream, H: Handler>(
     slot: &SessionSlot<H>,
     state: &mut H::State,
-    stream: &S,
+    link: Link<'_, S>,
     message: Option<Message<'_>>,
-    mailbox: Option<Arc<Mailbox>>,
     requests: &mut Requests,
     f: impl FnOnce(&H, &mut Conn<'_, H::State>),
 ) -> Option<BytesMut> {
@@ -32,18 +42,19 @@ pub(crate) fn call<S: Stream, H: Handler>(
     if out.capacity() == 0 {
         *out = worker.buffers.take();
     }
-    let peer = || stream.peer_addr();
+    let peer = || link.stream.peer_addr();
     let mut conn = Conn::new(
         state,
         &mut out,
         message,
         &peer,
-        mailbox,
+        link.mailbox,
         Membership {
             topics: &worker.topics,
             sessions: &worker.sessions,
             key: slot.key(),
             limits: worker.backpressure,
+            deflate: link.deflate.map(|agreed| (&*worker.deflater, agreed)),
         },
         requests,
     );

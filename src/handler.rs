@@ -43,6 +43,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +53,7 @@ use std::task::Waker;
 use bytes::BytesMut;
 use hyper::header::HeaderMap;
 
+use crate::deflate::{Agreed, Deflater};
 use crate::frame::put_frame;
 use crate::pubsub::{self, Hub, LocalTopics, Publisher};
 use crate::sessions::LocalSessions;
@@ -342,6 +344,9 @@ pub(crate) struct Membership<'a> {
     pub key: usize,
     /// `--max-backpressure` and its policy.
     pub limits: Backpressure,
+    /// The worker's compressor, if the connection negotiated
+    /// permessage-deflate: what the callback sends is compressed.
+    pub deflate: Option<(&'a RefCell<Deflater>, Agreed)>,
 }
 
 /// A connection, as a handler's callback sees it: its state, and the ways
@@ -453,7 +458,9 @@ impl<'a, S> Conn<'a, S> {
     /// unsubscribes or closes. False if it already was.
     pub fn subscribe(&mut self, topic: &str) -> bool {
         let m = self.membership;
-        let new = m.topics.subscribe(m.key, topic);
+        let new = m
+            .topics
+            .subscribe(m.key, m.deflate.map(|(_, agreed)| agreed), topic);
         self.requests.subscribed |= new;
         new
     }
@@ -537,12 +544,25 @@ impl<'a, S> Conn<'a, S> {
         {
             self.requests.reply_in_place = false;
             let code = if msg.is_text() { 0x1 } else { 0x2 };
-            put_frame(self.out, code, msg.as_bytes());
+            self.put(code, msg.as_bytes());
             self.requests.sent += 1;
         }
-        put_frame(self.out, opcode, payload);
+        self.put(opcode, payload);
         self.requests.sent += 1;
         Sent::Queued
+    }
+
+    /// Frames a message into the callback's output, compressed where the
+    /// connection negotiated it and the message is worth it.
+    fn put(&mut self, opcode: u8, payload: &[u8]) {
+        match self.membership.deflate {
+            Some((deflater, agreed)) => {
+                deflater
+                    .borrow_mut()
+                    .put_frame(self.out, opcode, payload, agreed);
+            }
+            None => put_frame(self.out, opcode, payload),
+        }
     }
 }
 
@@ -784,10 +804,12 @@ mod tests {
                     cap,
                     drop,
                     Arc::default(),
+                    std::rc::Rc::default(),
                 ))),
                 sessions: Box::leak(Box::default()),
                 key: 0,
                 limits: Backpressure { cap, drop },
+                deflate: None,
             },
             requests,
         )

@@ -40,7 +40,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::config::Deflate;
 use crate::context::{SessionSlot, Worker};
+use crate::deflate::{self, Agreed};
 use crate::handler::{self, Handler};
 use crate::io::Stream;
 use crate::metrics::{self, HandshakeFailure};
@@ -63,11 +65,13 @@ pub struct Upgraded<S, H: Handler> {
     pub slot: SessionSlot<H>,
     /// The connection's state, as the handler accepted it.
     pub state: H::State,
+    /// permessage-deflate, if it was negotiated.
+    pub(crate) deflate: Option<Agreed>,
 }
 
 /// What the `/ws` route hands over to the session once hyper has sent the
 /// `101`.
-type Accepted<H> = Rc<RefCell<Option<(SessionSlot<H>, <H as Handler>::State)>>>;
+type Accepted<H> = Rc<RefCell<Option<(SessionSlot<H>, <H as Handler>::State, Option<Agreed>)>>>;
 
 /// A connection's place among its worker's pending handshakes; leaves the
 /// list when dropped, however the phase ends.
@@ -349,7 +353,7 @@ async fn respond<S: Stream, H: Handler>(
             return None;
         }
     };
-    let (slot, state) = slot.borrow_mut().take()?;
+    let (slot, state, deflate) = slot.borrow_mut().take()?;
     let Replay { mut head, io } = parts.io.into_inner();
     // hyper read from the front of `head`: what it read and did not parse
     // comes before what it left in `head`.
@@ -368,6 +372,7 @@ async fn respond<S: Stream, H: Handler>(
         read_ahead,
         slot,
         state,
+        deflate,
     })
 }
 
@@ -501,7 +506,20 @@ fn websocket<H: Handler>(
             worker,
         );
     }
-    *slot.borrow_mut() = Some((SessionSlot::new(worker.clone()), accepted.state));
+    let deflate = match shared.config.deflate {
+        Deflate::Off => None,
+        Deflate::Shared => deflate::negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        ),
+    };
+    *slot.borrow_mut() = Some((
+        SessionSlot::new(worker.clone()),
+        accepted.state,
+        deflate.map(|(agreed, _)| agreed),
+    ));
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
@@ -510,6 +528,12 @@ fn websocket<H: Handler>(
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     if let Some(protocol) = protocol {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    if let Some((_, answer)) = deflate {
+        headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(answer),
+        );
     }
     res
 }

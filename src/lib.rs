@@ -50,6 +50,7 @@ mod budget;
 mod buffers;
 pub mod config;
 mod context;
+mod deflate;
 mod dispatch;
 pub mod drain;
 mod frame;
@@ -75,7 +76,7 @@ mod worker;
 mod testing;
 
 pub use app::{run, serve};
-pub use config::{BackpressurePolicy, Config, IoMode};
+pub use config::{BackpressurePolicy, Config, Deflate, IoMode};
 pub use handler::{Accept, Conn, Echo, Handler, Message, Page, Refuse, Request, Sender, Sent};
 pub use io::Backend;
 pub use pubsub::Publisher;

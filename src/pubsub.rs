@@ -28,6 +28,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -36,6 +37,7 @@ use bytes::BytesMut;
 use slab::Slab;
 
 use crate::buffers::BufferPool;
+use crate::deflate::{Agreed, Deflater};
 use crate::metrics::WorkerMetrics;
 use crate::sessions::LocalSessions;
 
@@ -415,6 +417,12 @@ pub(crate) struct LocalTopics {
     names: RefCell<HashMap<Arc<str>, u32>>,
     topics: RefCell<Slab<Local>>,
     subscribers: RefCell<Vec<Subscriber>>,
+    /// permessage-deflate per session key, for those that subscribed (one
+    /// byte each, beside `subscribers`): a publish is compressed once per
+    /// window in use, on this worker, and shared by those that agreed on it.
+    codecs: RefCell<Vec<Option<Agreed>>>,
+    /// The worker's compressor (shared with its sessions).
+    deflater: Rc<RefCell<Deflater>>,
     /// Emptied outputs, kept so that a delivery does not allocate one.
     /// Boxed as subscribers hold them, so that handing one out allocates
     /// nothing.
@@ -463,6 +471,7 @@ impl LocalTopics {
         cap: usize,
         drop: bool,
         metrics: Arc<WorkerMetrics>,
+        deflater: Rc<RefCell<Deflater>>,
     ) -> Self {
         LocalTopics {
             worker,
@@ -473,6 +482,8 @@ impl LocalTopics {
             names: RefCell::default(),
             topics: RefCell::default(),
             subscribers: RefCell::default(),
+            codecs: RefCell::default(),
+            deflater,
             spare: RefCell::default(),
             spare_low: std::cell::Cell::new(0),
             batch: RefCell::default(),
@@ -489,8 +500,9 @@ impl LocalTopics {
         self.worker
     }
 
-    /// Subscribes session `key` to `name`; false if it already was.
-    pub(crate) fn subscribe(&self, key: usize, name: &str) -> bool {
+    /// Subscribes session `key`, which negotiated `codec`, to `name`; false
+    /// if it already was.
+    pub(crate) fn subscribe(&self, key: usize, codec: Option<Agreed>, name: &str) -> bool {
         let mut names = self.names.borrow_mut();
         let mut topics = self.topics.borrow_mut();
         let slot = match names.get(name) {
@@ -508,7 +520,9 @@ impl LocalTopics {
         let mut subscribers = self.subscribers.borrow_mut();
         if subscribers.len() <= key {
             subscribers.resize_with(key + 1, Subscriber::default);
+            self.codecs.borrow_mut().resize(key + 1, None);
         }
+        self.codecs.borrow_mut()[key] = codec;
         let sub = &mut subscribers[key];
         if sub.place_mut(slot).is_some() {
             return false;
@@ -592,13 +606,24 @@ impl LocalTopics {
 
     /// Queues `frame` for every subscriber of topic `slot` here but
     /// `except`, and wakes them.
-    fn deliver(&self, sessions: &LocalSessions, slot: u32, frame: &Frame, except: Option<usize>) {
+    fn deliver(&self, sessions: &LocalSessions, slot: u32, plain: &Frame, except: Option<usize>) {
         let topics = self.topics.borrow();
         let mut subscribers = self.subscribers.borrow_mut();
+        let codecs = self.codecs.borrow();
+        // The frame compressed for each window, once tried (None inside: not
+        // worth compressing).
+        let mut compressed: [Option<Option<Frame>>; 2] = [None, None];
         for &key in &topics[slot as usize].keys {
             if Some(key) == except {
                 continue;
             }
+            let frame = match codecs[key] {
+                None => plain,
+                Some(agreed) => compressed[usize::from(agreed.narrow)]
+                    .get_or_insert_with(|| self.deflater.borrow_mut().compress_frame(plain, agreed))
+                    .as_ref()
+                    .unwrap_or(plain),
+            };
             let out = subscribers[key]
                 .out
                 .get_or_insert_with(|| self.spare_output());
@@ -789,14 +814,21 @@ mod tests {
     #[test]
     fn a_publish_reaches_every_subscriber_but_its_publisher_once() {
         let hub = Arc::new(Hub::new(1));
-        let topics = LocalTopics::new(0, hub.clone(), 1 << 20, false, Arc::default());
+        let topics = LocalTopics::new(
+            0,
+            hub.clone(),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
         let sessions = LocalSessions::default();
         let pool = BufferPool::default();
         let (keys, wakes) = parked(&sessions, 4);
         for &key in &keys[..3] {
-            assert!(topics.subscribe(key, "room"));
+            assert!(topics.subscribe(key, None, "room"));
         }
-        assert!(!topics.subscribe(keys[0], "room"), "once");
+        assert!(!topics.subscribe(keys[0], None, "room"), "once");
         topics.publish(&sessions, "room", frame(0x1, b"hi"), Some(keys[0]));
         topics.publish(&sessions, "room", frame(0x1, b"again"), Some(keys[0]));
         topics.publish(&sessions, "elsewhere", frame(0x1, b"lost"), None);
@@ -811,14 +843,21 @@ mod tests {
     #[test]
     fn leaving_keeps_the_other_subscribers_and_empties_the_hub() {
         let hub = Arc::new(Hub::new(2));
-        let topics = LocalTopics::new(1, hub.clone(), 1 << 20, false, Arc::default());
+        let topics = LocalTopics::new(
+            1,
+            hub.clone(),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
         let sessions = LocalSessions::default();
         let pool = BufferPool::default();
         let (keys, _) = parked(&sessions, 5);
         for &key in &keys {
-            topics.subscribe(key, "a");
+            topics.subscribe(key, None, "a");
         }
-        topics.subscribe(keys[2], "b");
+        topics.subscribe(keys[2], None, "b");
         assert!(
             hub.topic("a")
                 .is_some_and(|t| t.workers[0].load(Ordering::Relaxed) == 2)
@@ -843,14 +882,28 @@ mod tests {
     #[test]
     fn other_workers_get_it_through_their_inbox() {
         let hub = Arc::new(Hub::new(2));
-        let here = LocalTopics::new(0, hub.clone(), 1 << 20, false, Arc::default());
-        let there = LocalTopics::new(1, hub.clone(), 1 << 20, false, Arc::default());
+        let here = LocalTopics::new(
+            0,
+            hub.clone(),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
+        let there = LocalTopics::new(
+            1,
+            hub.clone(),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
         let (s0, s1) = (LocalSessions::default(), LocalSessions::default());
         let pool = BufferPool::default();
         let (k0, _) = parked(&s0, 1);
         let (k1, _) = parked(&s1, 1);
-        here.subscribe(k0[0], "t");
-        there.subscribe(k1[0], "t");
+        here.subscribe(k0[0], None, "t");
+        there.subscribe(k1[0], None, "t");
         here.publish(&s0, "t", frame(0x1, b"1"), None);
         Publisher(hub.clone()).publish_text("t", "2");
         assert_eq!(drain(&here, k0[0], &pool), b"\x81\x011", "directly");
@@ -882,12 +935,12 @@ mod tests {
         for drop in [true, false] {
             let hub = Arc::new(Hub::new(1));
             let metrics = Arc::new(WorkerMetrics::default());
-            let topics = LocalTopics::new(0, hub, 10, drop, metrics.clone());
+            let topics = LocalTopics::new(0, hub, 10, drop, metrics.clone(), Rc::default());
             let sessions = LocalSessions::default();
             let pool = BufferPool::default();
             let (keys, _) = parked(&sessions, 2);
-            topics.subscribe(keys[0], "t");
-            topics.subscribe(keys[1], "t");
+            topics.subscribe(keys[0], None, "t");
+            topics.subscribe(keys[1], None, "t");
             for i in 0..5 {
                 topics.publish(&sessions, "t", frame(0x2, b"12345678"), None);
                 if i == 0 {
@@ -913,11 +966,18 @@ mod tests {
     #[test]
     fn a_burst_is_queued_in_full_until_the_socket_waits() {
         let metrics = Arc::new(WorkerMetrics::default());
-        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 10, true, metrics.clone());
+        let topics = LocalTopics::new(
+            0,
+            Arc::new(Hub::new(1)),
+            10,
+            true,
+            metrics.clone(),
+            Rc::default(),
+        );
         let sessions = LocalSessions::default();
         let pool = BufferPool::default();
         let (keys, _) = parked(&sessions, 1);
-        topics.subscribe(keys[0], "t");
+        topics.subscribe(keys[0], None, "t");
         // Ten times the cap in one round, before the session's turn: all
         // of it is queued (up to BURST_CAPS caps).
         for _ in 0..10 {
@@ -955,17 +1015,24 @@ mod tests {
     #[test]
     fn an_idle_subscriber_is_24_bytes_and_holds_nothing() {
         assert_eq!(std::mem::size_of::<Subscriber>(), 24);
-        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 10, true, Arc::default());
+        let topics = LocalTopics::new(
+            0,
+            Arc::new(Hub::new(1)),
+            10,
+            true,
+            Arc::default(),
+            Rc::default(),
+        );
         let sessions = LocalSessions::default();
         let (keys, _) = parked(&sessions, 3);
-        topics.subscribe(keys[1], "a");
+        topics.subscribe(keys[1], None, "a");
         let subs = topics.subscribers.borrow();
         assert!(subs[keys[1]].more.is_none() && subs[keys[1]].out.is_none());
         drop(subs);
         // More topics, then out of them in any order.
-        topics.subscribe(keys[1], "b");
-        topics.subscribe(keys[1], "c");
-        topics.subscribe(keys[2], "a");
+        topics.subscribe(keys[1], None, "b");
+        topics.subscribe(keys[1], None, "c");
+        topics.subscribe(keys[2], None, "a");
         assert!(topics.unsubscribe(keys[1], "a"));
         assert!(topics.unsubscribe(keys[1], "c"));
         assert!(!topics.unsubscribe(keys[1], "c"));
@@ -981,12 +1048,54 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_is_compressed_once_per_window_for_those_that_agreed() {
+        let topics = LocalTopics::new(
+            0,
+            Arc::new(Hub::new(1)),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
+        let sessions = LocalSessions::default();
+        let pool = BufferPool::default();
+        let (keys, _) = parked(&sessions, 5);
+        let wide = Some(Agreed { narrow: false });
+        let narrow = Some(Agreed { narrow: true });
+        for (&key, codec) in keys.iter().zip([None, wide, wide, narrow, narrow]) {
+            topics.subscribe(key, codec, "t");
+        }
+        let text = "{\"user\":\"ana\",\"text\":\"hello\"}".repeat(30);
+        topics.publish(&sessions, "t", frame(0x1, text.as_bytes()), None);
+        topics.publish(&sessions, "t", frame(0x1, b"short"), None);
+        let got: Vec<Vec<u8>> = keys.iter().map(|&k| drain(&topics, k, &pool)).collect();
+        let plain = [&frame(0x1, text.as_bytes())[..], b"\x81\x05short"].concat();
+        assert_eq!(got[0], plain, "plain");
+        assert_eq!(got[1], got[2], "the same bytes for the same window");
+        for g in &got[1..] {
+            assert_eq!(g[0], 0x80 | crate::deflate::RSV1 | 0x1, "compressed");
+            assert!(
+                g.len() < 300 && g.ends_with(b"\x81\x05short"),
+                "{}",
+                g.len()
+            );
+        }
+    }
+
+    #[test]
     fn a_large_frame_is_shared_not_copied() {
-        let topics = LocalTopics::new(0, Arc::new(Hub::new(1)), 1 << 20, false, Arc::default());
+        let topics = LocalTopics::new(
+            0,
+            Arc::new(Hub::new(1)),
+            1 << 20,
+            false,
+            Arc::default(),
+            Rc::default(),
+        );
         let sessions = LocalSessions::default();
         let pool = BufferPool::default();
         let (keys, _) = parked(&sessions, 1);
-        topics.subscribe(keys[0], "t");
+        topics.subscribe(keys[0], None, "t");
         let big = frame(0x2, &[7; 20_000]);
         topics.publish(&sessions, "t", big.clone(), None);
         topics.publish(&sessions, "t", frame(0x2, b"small"), None);

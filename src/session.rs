@@ -57,7 +57,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sessions::Tick;
 
 use crate::context::{SessionSlot, Worker};
-use crate::dispatch::{call, guard};
+use crate::deflate::{Agreed, InflateError, RSV1};
+use crate::dispatch::{Link, call, guard};
 use crate::handler::{Handler, Mailbox, Message, Requests};
 use crate::io::Stream;
 use crate::metrics::WorkerMetrics;
@@ -158,6 +159,10 @@ impl Flags {
     /// Subscribed to a topic: may have published messages queued in its
     /// worker's topics.
     const SUBSCRIBED: u16 = 1024;
+    /// permessage-deflate was negotiated (`crate::deflate`).
+    const DEFLATE: u16 = 2048;
+    /// ... with a narrow window for what the server compresses.
+    const DEFLATE_NARROW: u16 = 4096;
 
     fn has(self, flag: u16) -> bool {
         self.0 & flag != 0
@@ -237,6 +242,9 @@ impl<S> Phase<S> {
 #[derive(Debug)]
 struct Fragmented {
     text: bool,
+    /// Compressed (permessage-deflate): `data` is inflated once whole, and
+    /// its UTF-8 checked then.
+    compressed: bool,
     utf8: Utf8Stream,
     data: Vec<u8>,
 }
@@ -404,9 +412,23 @@ impl Outgoing {
 impl<S: Stream, H: Handler> Session<S, H> {
     /// The session on an upgraded connection: `read_ahead` holds bytes read
     /// past the upgrade request, parsed before the socket is read.
-    pub fn new(io: S, read_ahead: &[u8], slot: SessionSlot<H>, state: H::State) -> Self {
+    pub fn new(
+        io: S,
+        read_ahead: &[u8],
+        slot: SessionSlot<H>,
+        state: H::State,
+        deflate: Option<Agreed>,
+    ) -> Self {
         let worker = slot.worker();
         let mut ws = WebSocket::after_handshake(io, Role::Server);
+        // A new session has just been heard (its upgrade): the first idle
+        // tick, which may come a moment later, must not ping it.
+        let mut flags = Flags(Flags::HEARD);
+        if let Some(agreed) = deflate {
+            ws.set_rsv1_allowed(true);
+            flags.set(Flags::DEFLATE, true);
+            flags.set(Flags::DEFLATE_NARROW, agreed.narrow);
+        }
         // Pings and closes are answered here, so that reading a frame never
         // writes and can stop at any point (drain, idle ticks).
         ws.set_auto_close(false);
@@ -431,10 +453,15 @@ impl<S: Stream, H: Handler> Session<S, H> {
             message: None,
             state,
             charged,
-            // A new session has just been heard (its upgrade): the first
-            // idle tick, which may come a moment later, must not ping it.
-            flags: Flags(Flags::HEARD),
+            flags,
         }
+    }
+
+    /// permessage-deflate, if negotiated.
+    fn deflate(&self) -> Option<Agreed> {
+        self.flags.has(Flags::DEFLATE).then(|| Agreed {
+            narrow: self.flags.has(Flags::DEFLATE_NARROW),
+        })
     }
 
     /// Carries out what a callback asked for: queue what it sent, close.
@@ -501,7 +528,13 @@ impl<S: Stream, H: Handler> Session<S, H> {
                 let m = &worker.metrics;
                 m.frames_in.add(1);
                 m.bytes_in.add(frame.payload_len() as u64);
+                if frame.rsv1 && frame.opcode == OpCode::Continuation {
+                    return Err(fail(1002, "RSV1 on a continuation frame"));
+                }
                 if frame.fin && frame.opcode != OpCode::Continuation && self.message.is_none() {
+                    if frame.rsv1 {
+                        return self.on_compressed(frame);
+                    }
                     return self.on_message(frame);
                 }
                 return self.on_fragment(frame);
@@ -535,16 +568,12 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let ws = self.ws.as_ref().expect("not done");
         let payload = ws.payload(&frame);
         let msg = message_of(frame.opcode == OpCode::Text, payload)?;
-        let mut requests = Requests::default();
-        let sent = call(
-            &self.slot,
-            &mut self.state,
-            ws.stream(),
-            Some(msg),
+        let link = Link {
+            stream: ws.stream(),
             mailbox,
-            &mut requests,
-            |h, conn| h.message(conn, msg),
-        );
+            deflate: self.deflate(),
+        };
+        let (requests, sent) = call_message(&self.slot, &mut self.state, link, msg);
         let ws = self.ws.as_mut().expect("not done");
         if requests.reply_in_place && !requests.panicked {
             self.out = Some(Outgoing::reply(ws, frame, true, frame.opcode));
@@ -552,6 +581,68 @@ impl<S: Stream, H: Handler> Session<S, H> {
             ws.consume(&frame);
         }
         self.after_call(requests, sent)
+    }
+
+    /// A compressed message in one frame: inflated by the worker's inflater
+    /// for the handler. An in-place reply sends the compressed bytes back
+    /// as they came, with RSV1 (each message of the client stands alone:
+    /// `client_no_context_takeover`), unless this server agreed to
+    /// compress with a narrower window than the client may have used.
+    fn on_compressed(&mut self, frame: InPlace) -> Result<(), End> {
+        let worker = self.slot.worker().clone();
+        let max = worker.shared.config.max_message_size;
+        let ws = self.ws.as_ref().expect("not done");
+        let data = inflate(&worker, ws.payload(&frame), max)?;
+        let text = frame.opcode == OpCode::Text;
+        let result = self
+            .call_inflated(text, &data)
+            .map(|(mut requests, mut sent)| {
+                let ws = self.ws.as_mut().expect("not done");
+                if !requests.reply_in_place || requests.panicked {
+                    ws.consume(&frame);
+                } else if self.flags.has(Flags::DEFLATE_NARROW) {
+                    ws.consume(&frame);
+                    self.put_reply(&worker, &mut sent, text, &data);
+                    requests.sent += 1;
+                } else {
+                    let out = Outgoing::reply(ws, frame, true, frame.opcode);
+                    ws.read_buffer_mut()[frame.reply_range().start] |= RSV1;
+                    self.out = Some(out);
+                }
+                (requests, sent)
+            });
+        worker.inflater.borrow_mut().give(data);
+        let (requests, sent) = result?;
+        self.after_call(requests, sent)
+    }
+
+    /// Calls the handler with an inflated message (or a joined one).
+    fn call_inflated(
+        &mut self,
+        text: bool,
+        data: &[u8],
+    ) -> Result<(Requests, Option<BytesMut>), End> {
+        let msg = message_of(text, data)?;
+        let link = Link {
+            stream: self.ws.as_ref().expect("not done").stream(),
+            mailbox: self.mailbox(),
+            deflate: self.deflate(),
+        };
+        Ok(call_message(&self.slot, &mut self.state, link, msg))
+    }
+
+    /// Frames a copy of the message answered in place into `sent`,
+    /// compressed if the connection negotiated it.
+    fn put_reply(&self, worker: &Worker<H>, sent: &mut Option<BytesMut>, text: bool, data: &[u8]) {
+        let buf = sent.get_or_insert_with(|| worker.buffers.take());
+        let opcode = if text { 0x1 } else { 0x2 };
+        match self.deflate() {
+            Some(agreed) => worker
+                .deflater
+                .borrow_mut()
+                .put_frame(buf, opcode, data, agreed),
+            None => crate::frame::put_frame(buf, opcode, data),
+        }
     }
 
     /// A fragment: joined to its message, which goes to the handler once
@@ -567,25 +658,24 @@ impl<S: Stream, H: Handler> Session<S, H> {
         }
         let message = self.message.take().expect("joined");
         worker.budget.release(message.data.len());
-        let msg = message_of(message.text, &message.data)?;
-        let mailbox = self.mailbox();
-        let ws = self.ws.as_ref().expect("not done");
-        let mut requests = Requests::default();
-        let mut sent = call(
-            &self.slot,
-            &mut self.state,
-            ws.stream(),
-            Some(msg),
-            mailbox,
-            &mut requests,
-            |h, conn| h.message(conn, msg),
-        );
-        if requests.reply_in_place && !requests.panicked {
-            let buf = sent.get_or_insert_with(|| worker.buffers.take());
-            let opcode = if message.text { 0x1 } else { 0x2 };
-            crate::frame::put_frame(buf, opcode, &message.data);
-            requests.sent += 1;
+        let inflated = if message.compressed {
+            Some(inflate(&worker, &message.data, max)?)
+        } else {
+            None
+        };
+        let data = inflated.as_deref().unwrap_or(&message.data);
+        let result = self.call_inflated(message.text, data);
+        let result = result.map(|(mut requests, mut sent)| {
+            if requests.reply_in_place && !requests.panicked {
+                self.put_reply(&worker, &mut sent, message.text, data);
+                requests.sent += 1;
+            }
+            (requests, sent)
+        });
+        if let Some(data) = inflated {
+            worker.inflater.borrow_mut().give(data);
         }
+        let (requests, sent) = result?;
         self.after_call(requests, sent)
     }
 
@@ -697,15 +787,12 @@ impl<S: Stream, H: Handler> Session<S, H> {
         let mailbox = self.mailbox();
         let ws = self.ws.as_ref().expect("not done");
         let mut requests = Requests::default();
-        let sent = call(
-            &self.slot,
-            &mut self.state,
-            ws.stream(),
-            None,
+        let link = Link {
+            stream: ws.stream(),
             mailbox,
-            &mut requests,
-            f,
-        );
+            deflate: self.deflate(),
+        };
+        let sent = call(&self.slot, &mut self.state, link, None, &mut requests, f);
         self.after_call(requests, sent)
     }
 
@@ -1193,6 +1280,7 @@ fn join<H: Handler>(
         }
         *message = Some(Box::new(Fragmented {
             text: frame.opcode == OpCode::Text,
+            compressed: frame.rsv1,
             utf8: Utf8Stream::default(),
             data: Vec::new(),
         }));
@@ -1206,7 +1294,10 @@ fn join<H: Handler>(
     if msg.data.len() + payload.len() > max {
         return Err(fail(1009, "message exceeds --max-message-size"));
     }
-    if msg.text && (msg.utf8.feed(payload).is_err() || (frame.fin && msg.utf8.finish().is_err())) {
+    if msg.text
+        && !msg.compressed
+        && (msg.utf8.feed(payload).is_err() || (frame.fin && msg.utf8.finish().is_err()))
+    {
         return Err(fail(1007, "text is not valid UTF-8"));
     }
     if !worker.budget.grow(payload.len()) {
@@ -1215,6 +1306,34 @@ fn join<H: Handler>(
     }
     msg.data.extend_from_slice(payload);
     Ok(frame.fin)
+}
+
+/// Calls the handler's `message`: what it asked for, and what it sent.
+#[inline(always)]
+fn call_message<S: Stream, H: Handler>(
+    slot: &SessionSlot<H>,
+    state: &mut H::State,
+    link: Link<'_, S>,
+    msg: Message<'_>,
+) -> (Requests, Option<BytesMut>) {
+    let mut requests = Requests::default();
+    let sent = call(slot, state, link, Some(msg), &mut requests, |h, conn| {
+        h.message(conn, msg)
+    });
+    (requests, sent)
+}
+
+/// Inflates a compressed message with the worker's inflater, at most
+/// `max` bytes of it.
+fn inflate<H: Handler>(worker: &Worker<H>, compressed: &[u8], max: usize) -> Result<Vec<u8>, End> {
+    worker
+        .inflater
+        .borrow_mut()
+        .inflate(compressed, max)
+        .map_err(|e| match e {
+            InflateError::TooBig => fail(1009, "message exceeds --max-message-size"),
+            InflateError::Invalid => fail(1007, "invalid compressed data"),
+        })
 }
 
 /// How a session ends when its handler or a sender asked: past

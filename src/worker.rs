@@ -58,7 +58,7 @@ pub(crate) async fn upgrade<S: Stream, H: Handler>(
 
 /// The session on a connection that completed the handshake.
 fn start<S: Stream, H: Handler>(up: http::Upgraded<S, H>) -> session::Session<S, H> {
-    session::Session::new(up.io, &up.read_ahead, up.slot, up.state)
+    session::Session::new(up.io, &up.read_ahead, up.slot, up.state, up.deflate)
 }
 
 /// Runs worker `id` on this thread until the drain completes.

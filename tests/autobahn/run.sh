@@ -10,7 +10,12 @@
 #   RINGWS_BIN          server binary            (default: target/release/ringws)
 #   AUTOBAHN_BACKENDS   backends to run          (default: "uring epoll")
 #   AUTOBAHN_CASES      case patterns            (default: "1.* 2.* ... 10.*")
+#   AUTOBAHN_EXCLUDE    case patterns left out   (default: "12.* 13.*", the
+#                       permessage-deflate cases; to run them, set
+#                       AUTOBAHN_CASES="12.* 13.*" AUTOBAHN_EXCLUDE=""
+#                       RINGWS_EXTRA_ARGS="--deflate shared")
 #   AUTOBAHN_TIMEOUT    seconds per backend      (default: 900)
+#   AUTOBAHN_OUT        reports directory        (default: target/autobahn)
 #   AUTOBAHN_VENV       cached 2.7 virtualenv    (default: ~/.cache/ringws/autobahn-venv)
 #   AUTOBAHN_PYTHON2    python2.7 interpreter    (default: found via pyenv)
 #   RINGWS_WORKERS      --workers for ringws     (default: 2)
@@ -25,11 +30,12 @@ cd "$ROOT"
 RINGWS_BIN="${RINGWS_BIN:-target/release/ringws}"
 BACKENDS="${AUTOBAHN_BACKENDS:-uring epoll}"
 CASES="${AUTOBAHN_CASES:-1.* 2.* 3.* 4.* 5.* 6.* 7.* 8.* 9.* 10.*}"
+EXCLUDE="${AUTOBAHN_EXCLUDE-12.* 13.*}"
 TIMEOUT="${AUTOBAHN_TIMEOUT:-900}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ringws"
 VENV="${AUTOBAHN_VENV:-$CACHE/autobahn-venv}"
 VENV_TOOL="$CACHE/virtualenv-tool"
-OUT="$ROOT/target/autobahn"
+OUT="${AUTOBAHN_OUT:-$ROOT/target/autobahn}"
 WORKERS="${RINGWS_WORKERS:-2}"
 read -r -a EXTRA_ARGS <<< "${RINGWS_EXTRA_ARGS:-}"
 
@@ -166,6 +172,7 @@ for backend in $BACKENDS; do
     fi
 
     cases_json="$(printf '%s\n' $CASES | python3 -c 'import json,sys; print(json.dumps([l.strip() for l in sys.stdin if l.strip()]))')"
+    exclude_json="$(printf '%s\n' $EXCLUDE | python3 -c 'import json,sys; print(json.dumps([l.strip() for l in sys.stdin if l.strip()]))')"
     cat > "$dir/spec.json" <<EOF
 {
   "options": {"failByDrop": true},
@@ -174,7 +181,7 @@ for backend in $BACKENDS; do
     {"agent": "ringws-$backend", "url": "ws://127.0.0.1:$port/ws"}
   ],
   "cases": $cases_json,
-  "exclude-cases": ["12.*", "13.*"],
+  "exclude-cases": $exclude_json,
   "exclude-agent-cases": {}
 }
 EOF

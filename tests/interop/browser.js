@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Headless Chromium against ringws, driven by playwright-core.
 //
-// usage: node browser.js WS_URL SCREENSHOT.png LABEL
+// usage: node browser.js WS_URL SCREENSHOT.png LABEL [deflate]
+//
+// With "deflate" the server runs with --deflate shared: the page and the
+// handshake check expect permessage-deflate to be accepted instead.
 //
 // Serves page.html from a tiny HTTP server on 127.0.0.1 (ephemeral port),
 // launches Debian's /usr/bin/chromium with a fresh --user-data-dir, loads the
@@ -17,7 +20,8 @@ const path = require("path");
 const http = require("http");
 const { chromium } = require("playwright-core");
 
-const [wsUrl, shotPath, label = "browser"] = process.argv.slice(2);
+const [wsUrl, shotPath, label = "browser", mode = ""] = process.argv.slice(2);
+const deflate = mode === "deflate";
 if (!wsUrl || !shotPath) {
   console.error("usage: node browser.js WS_URL SCREENSHOT.png LABEL");
   process.exit(2);
@@ -47,7 +51,7 @@ async function main() {
   const fail = (name, detail) => results.push(["FAIL", name, detail]);
 
   const srv = await serve();
-  const pageUrl = `http://127.0.0.1:${srv.address().port}/page.html?ws=${encodeURIComponent(wsUrl)}&label=${encodeURIComponent(label)}`;
+  const pageUrl = `http://127.0.0.1:${srv.address().port}/page.html?ws=${encodeURIComponent(wsUrl)}&label=${encodeURIComponent(label)}${deflate ? "&deflate=1" : ""}`;
   const profile = fs.mkdtempSync(path.join(process.env.INTEROP_TMP || os.tmpdir(), "chromium-profile-"));
   let context;
   try {
@@ -90,9 +94,10 @@ async function main() {
     } else {
       const offered = req["sec-websocket-extensions"] || "";
       const accepted = resp["sec-websocket-extensions"];
-      const ok = handshake.response.status === 101 && accepted === undefined;
+      const ok = handshake.response.status === 101 &&
+        (deflate ? (accepted || "").startsWith("permessage-deflate") : accepted === undefined);
       const detail = `status ${handshake.response.status}; offered "${offered}"; answered ${accepted === undefined ? "no Sec-WebSocket-Extensions" : `"${accepted}"`}`;
-      (ok ? pass : fail)("browser handshake declines permessage-deflate", detail);
+      (ok ? pass : fail)(`browser handshake ${deflate ? "accepts" : "declines"} permessage-deflate`, detail);
       await page.evaluate(([ok, detail]) => window.__addResult("handshake (DevTools)", ok, detail), [ok, detail]);
     }
     fs.mkdirSync(path.dirname(shotPath), { recursive: true });

@@ -307,6 +307,22 @@ for backend in $BACKENDS; do
     # Python websockets, directly.
     run_check "[$backend] python" 120 "$PY" "$HERE/ws_client.py" suite "$backend" "$url"
 
+    # permessage-deflate: Chromium's default offer and Python websockets' offers
+    # (with and without context takeover) against --deflate shared.
+    main_pid="$RPID"
+    dport="$(free_port)"
+    if start_ringws "$backend" "$dport" "$OUT/ringws-$backend-deflate.log" "$RINGWS_BIN" --deflate shared; then
+        durl="ws://127.0.0.1:$dport/ws"
+        run_check "[$backend deflate] browser" 120 node "$HERE/browser.js" "$durl" \
+            "$OUT/browser-$backend-deflate.png" "$backend deflate" deflate
+        run_check "[$backend deflate] python" 120 "$PY" "$HERE/ws_client.py" deflate "$backend deflate" "$durl"
+    else
+        fail "[$backend] ringws --deflate shared did not answer /healthz"
+    fi
+    kill_pids "$RPID"
+    forget_pid "$RPID"
+    RPID="$main_pid"
+
     # nginx in front of ringws.
     nport="$(free_port)"
     if ! start_nginx "$nport" "$port"; then

@@ -3,6 +3,10 @@
 
 usage:
   ws_client.py suite LABEL URL     echo, fragments, ping, close codes, limits
+  ws_client.py deflate LABEL URL   against `ringws --deflate shared`: the offer is
+                                   accepted (with and without the client's own
+                                   client_no_context_takeover), JSON and binary
+                                   echo through compression both ways
   ws_client.py drain LABEL [NAME=]URL...
                                    connect to every URL, print READY, then expect
                                    the server to close each with 1001 (SIGTERM
@@ -177,13 +181,55 @@ async def drain(label, urls):
         await step(label, "SIGTERM drain -> close 1001 (%s)" % name, wait_one(ws, echo_ok))
 
 
+async def deflate(label, url):
+    import json
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+    for takeover in (True, False):
+        name = "with" if takeover else "without"
+        factory = ClientPerMessageDeflateFactory(
+            client_no_context_takeover=not takeover, client_max_window_bits=True)
+        async with connect(url, extensions=[factory], compression=None, max_size=4 << 20,
+                           open_timeout=10, close_timeout=5) as ws:
+            async def handshake():
+                ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+                offered = ws.request.headers.get("Sec-WebSocket-Extensions")
+                active = [type(e).__name__ for e in ws.protocol.extensions]
+                return ("permessage-deflate" in ext and "client_no_context_takeover" in ext
+                        and active == ["PerMessageDeflate"],
+                        "offered %r, answered %r" % (offered, ext))
+            await step(label, "deflate handshake (client offers %s context takeover)" % name, handshake())
+
+            async def echoes():
+                sizes = []
+                for i in range(50):
+                    msg = json.dumps({"seq": i, "user": "ana", "text": "hello " * (i * 13)})
+                    await ws.send(msg)
+                    got = await ws.recv()
+                    if got != msg:
+                        return False, "message %d differs" % i
+                    sizes.append(len(msg))
+                data = pattern(300000)
+                await ws.send(data)
+                if await ws.recv() != data:
+                    return False, "300 kB binary differs"
+                await ws.send(iter(["frag " * 100, "mented " * 100]))
+                got = await ws.recv()
+                if got != "frag " * 100 + "mented " * 100:
+                    return False, "fragmented text differs"
+                return True, "50 JSON messages (%d..%d B), 300 kB binary, a fragmented text" % (
+                    min(sizes), max(sizes))
+            await step(label, "deflate echo (%s context takeover)" % name, echoes())
+
+
 def main(argv):
-    if len(argv) < 4 or argv[1] not in ("suite", "drain"):
+    if len(argv) < 4 or argv[1] not in ("suite", "drain", "deflate"):
         sys.exit(__doc__)
     mode, label, urls = argv[1], argv[2], argv[3:]
     try:
         if mode == "suite":
             asyncio.run(suite(label, urls[0]))
+        elif mode == "deflate":
+            asyncio.run(deflate(label, urls[0]))
         else:
             asyncio.run(drain(label, urls))
     except Exception as e:

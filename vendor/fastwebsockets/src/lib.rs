@@ -207,6 +207,9 @@ pub(crate) struct ReadHalf {
   auto_pong: bool,
   writev_threshold: usize,
   max_message_size: usize,
+  /// RSV1 is allowed on a data frame that begins a message: an extension
+  /// that uses it (permessage-deflate) was negotiated (ringws patch).
+  allow_rsv1: bool,
   buffer: BytesMut,
 }
 
@@ -276,6 +279,14 @@ impl<'f, S> WebSocketRead<S> {
   /// Default: 64 MiB
   pub fn set_max_message_size(&mut self, max_message_size: usize) {
     self.read_half.max_message_size = max_message_size;
+  }
+
+  /// Allows RSV1 on the first frame of a data message, for an extension
+  /// that was negotiated and uses it, permessage-deflate (ringws patch).
+  /// The frame reports it in [`InPlace::rsv1`]; RSV1 on a control frame
+  /// stays an error. The caller checks continuation frames.
+  pub fn set_rsv1_allowed(&mut self, allowed: bool) {
+    self.read_half.allow_rsv1 = allowed;
   }
 
   /// Sets whether to automatically apply the mask to the frame payload.
@@ -470,6 +481,14 @@ impl<'f, S> WebSocket<S> {
     self.read_half.max_message_size = max_message_size;
   }
 
+  /// Allows RSV1 on the first frame of a data message, for an extension
+  /// that was negotiated and uses it, permessage-deflate (ringws patch).
+  /// The frame reports it in [`InPlace::rsv1`]; RSV1 on a control frame
+  /// stays an error. The caller checks continuation frames.
+  pub fn set_rsv1_allowed(&mut self, allowed: bool) {
+    self.read_half.allow_rsv1 = allowed;
+  }
+
   /// Sets whether to automatically apply the mask to the frame payload.
   ///
   /// Default: `true`
@@ -630,11 +649,17 @@ impl<'f, S> WebSocket<S> {
             mask::unmask(payload, mask);
           }
         }
-        if head.opcode == OpCode::Text && head.fin && !frame::is_utf8(payload) {
+        // A compressed payload is checked once inflated, by the caller.
+        if head.opcode == OpCode::Text
+          && head.fin
+          && !head.rsv1
+          && !frame::is_utf8(payload)
+        {
           return std::task::Poll::Ready(Err(WebSocketError::InvalidUTF8));
         }
         return std::task::Poll::Ready(Ok(InPlace {
           fin: head.fin,
+          rsv1: head.rsv1,
           opcode: head.opcode,
           masked: head.mask.is_some(),
           header_len: head.header_len,
@@ -732,6 +757,7 @@ impl ReadHalf {
       auto_pong: true,
       writev_threshold: 1024,
       max_message_size: 64 << 20,
+      allow_rsv1: false,
       buffer,
     }
   }
@@ -874,11 +900,15 @@ impl ReadHalf {
     let rsv2 = buf[0] & 0b00100000 != 0;
     let rsv3 = buf[0] & 0b00010000 != 0;
 
-    if rsv1 || rsv2 || rsv3 {
+    if rsv2 || rsv3 {
       return Err(WebSocketError::ReservedBitsNotZero);
     }
 
     let opcode = frame::OpCode::try_from(buf[0] & 0b00001111)?;
+    // ringws patch: RSV1 where a negotiated extension gives it a meaning.
+    if rsv1 && (!self.allow_rsv1 || frame::is_control(opcode)) {
+      return Err(WebSocketError::ReservedBitsNotZero);
+    }
     let masked = buf[1] & 0b10000000 != 0;
 
     let length_code = buf[1] & 0x7F;
@@ -938,6 +968,7 @@ impl ReadHalf {
 
     Ok(Some(FrameHead {
       fin,
+      rsv1,
       opcode,
       mask,
       header_len,
@@ -950,6 +981,7 @@ impl ReadHalf {
 #[derive(Clone, Copy, Debug)]
 struct FrameHead {
   fin: bool,
+  rsv1: bool,
   opcode: OpCode,
   mask: Option<[u8; 4]>,
   header_len: usize,
@@ -962,6 +994,9 @@ struct FrameHead {
 pub struct InPlace {
   /// Last frame of its message.
   pub fin: bool,
+  /// RSV1: with permessage-deflate, the message is compressed (only when
+  /// allowed: [`WebSocket::set_rsv1_allowed`]).
+  pub rsv1: bool,
   /// The frame's opcode.
   pub opcode: OpCode,
   /// The peer masked it (it is unmasked in the buffer now).
