@@ -211,4 +211,5 @@ EOF
     [ "$src" -eq 0 ] || log "[$backend] warning: ringws exited with status $src after SIGTERM"
 done
 
-python3 "$HERE/summarize.py" "$HERE/allowlist.txt" "${SUMMARY_ARGS[@]}"
+AUTOBAHN_RUN_LABEL="$CASES${EXCLUDE:+ (excluded: $EXCLUDE)}${EXTRA_ARGS[*]:+; ringws ${EXTRA_ARGS[*]}}" \
+    python3 "$HERE/summarize.py" "$HERE/allowlist.txt" "${SUMMARY_ARGS[@]}"

@@ -170,7 +170,9 @@ def main(argv):
     close_extra = sorted({k for _, _, c, _ in rows if c for k in c} - set(CLOSE_COLS))
     bcols = BEHAVIOR_COLS + beh_extra
     ccols = CLOSE_COLS + close_extra
-    out.append("Autobahn|TestSuite fuzzingclient, cases 1-10 (12-13 excluded: no permessage-deflate)")
+    # run.sh says which cases ran and with which server options.
+    out.append("Autobahn|TestSuite fuzzingclient, cases %s" % os.environ.get(
+        "AUTOBAHN_RUN_LABEL", "1-10 (12-13, permessage-deflate, excluded)"))
     out.append("")
     out.append("| backend | cases | behavior: " + " | ".join(bcols) + " |")
     out.append("|---|---:|" + "---:|" * len(bcols))
