@@ -135,9 +135,11 @@ pub(crate) enum InflateError {
 /// and the receiver appends before inflating.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// A worker's inflater, reset per message.
+/// A worker's inflater, reset per message; made on first use, so a
+/// worker that never inflates holds none.
+#[derive(Default)]
 pub(crate) struct Inflater {
-    zlib: Decompress,
+    zlib: Option<Decompress>,
     /// An emptied output buffer, kept for the next message.
     spare: Vec<u8>,
 }
@@ -145,15 +147,6 @@ pub(crate) struct Inflater {
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inflater").finish_non_exhaustive()
-    }
-}
-
-impl Default for Inflater {
-    fn default() -> Self {
-        Inflater {
-            zlib: Decompress::new_with_window_bits(false, 15),
-            spare: Vec::new(),
-        }
     }
 }
 
@@ -173,7 +166,9 @@ impl Inflater {
         compressed: &[u8],
         max: usize,
     ) -> Result<Vec<u8>, InflateError> {
-        self.zlib.reset(false);
+        self.zlib
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, 15))
+            .reset(false);
         let mut out = std::mem::take(&mut self.spare);
         out.clear();
         let result = self
@@ -190,6 +185,7 @@ impl Inflater {
 
     /// Feeds `input` until all of it is consumed and no more output comes.
     fn run(&mut self, mut input: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), InflateError> {
+        let zlib = self.zlib.as_mut().expect("made by inflate");
         loop {
             if out.len() == out.capacity() {
                 if out.len() > max {
@@ -199,13 +195,12 @@ impl Inflater {
                 let step = (max + 1 - out.len()).min(INFLATE_STEP.max(out.len()));
                 out.reserve_exact(step);
             }
-            let (before_in, before_out) = (self.zlib.total_in(), self.zlib.total_out());
-            let status = self
-                .zlib
+            let (before_in, before_out) = (zlib.total_in(), zlib.total_out());
+            let status = zlib
                 .decompress_vec(input, out, FlushDecompress::Sync)
                 .map_err(|_| InflateError::Invalid)?;
-            let used = (self.zlib.total_in() - before_in) as usize;
-            let produced = self.zlib.total_out() != before_out;
+            let used = (zlib.total_in() - before_in) as usize;
+            let produced = zlib.total_out() != before_out;
             input = &input[used..];
             if out.len() > max {
                 return Err(InflateError::TooBig);
