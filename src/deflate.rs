@@ -268,6 +268,25 @@ impl Deflater {
         out.put_slice(compressed);
     }
 
+    /// Appends the frames in `frames` (unmasked, unfragmented, one after
+    /// another: what `Sender`s queue) to `out`, each compressed as
+    /// [`Deflater::put_frame`] would.
+    pub(crate) fn put_frames(&mut self, mut frames: &[u8], out: &mut BytesMut, agreed: Agreed) {
+        while frames.len() >= 2 {
+            let (header, len) = match frames[1] & 0x7f {
+                126 => (4, usize::from(u16::from_be_bytes([frames[2], frames[3]]))),
+                127 => (
+                    10,
+                    u64::from_be_bytes(frames[2..10].try_into().expect("8 bytes")) as usize,
+                ),
+                n => (2, usize::from(n)),
+            };
+            let (frame, rest) = frames.split_at(header + len);
+            self.put_frame(out, frame[0] & 0x0f, &frame[header..], agreed);
+            frames = rest;
+        }
+    }
+
     /// A published frame (unmasked, unfragmented: `crate::frame`),
     /// compressed once for every subscriber that agreed on `agreed`'s
     /// window; `None` if it is not worth it (see [`Deflater::put_frame`]).

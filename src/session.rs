@@ -694,6 +694,20 @@ impl<S: Stream, H: Handler> Session<S, H> {
         m.backpressure_drops.add(u64::from(mail.dropped));
         if mail.bytes.is_empty() {
             worker.buffers.give(mail.bytes);
+        } else if let Some(agreed) = self.deflate() {
+            // Senders frame on their own threads; compression happens here,
+            // with the worker's compressor. What it saved is no longer
+            // queued.
+            let mut out = worker.buffers.take();
+            worker
+                .deflater
+                .borrow_mut()
+                .put_frames(&mail.bytes, &mut out, agreed);
+            mailbox.written(mail.bytes.len() - out.len().min(mail.bytes.len()));
+            let mut bytes = mail.bytes;
+            bytes.clear();
+            worker.buffers.give(bytes);
+            self.out = Some(Outgoing::new(Source::Mail(out)));
         } else {
             self.out = Some(Outgoing::new(Source::Mail(mail.bytes)));
         }

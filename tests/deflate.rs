@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Echoes in place, except `json N`, answered with N bytes of JSON sent by
-/// the handler (compressed when long enough); `sub` subscribes to topic
+/// the handler (compressed when long enough), `later N` the same from
+/// another thread through a `Sender`, then `done`; `sub` subscribes to topic
 /// `t` (answered `subscribed`), `pub N` publishes N bytes of JSON to it.
 #[derive(Clone)]
 struct Json;
@@ -36,6 +37,14 @@ impl Handler for Json {
             }
             if let Some(n) = text.strip_prefix("pub ") {
                 conn.publish_text("t", &json(n.parse().unwrap()));
+                return;
+            }
+            if let Some(n) = text.strip_prefix("later ") {
+                let (sender, n) = (conn.sender(), n.parse().unwrap());
+                std::thread::spawn(move || {
+                    sender.send_text(&json(n));
+                    sender.send_text("done");
+                });
                 return;
             }
             if text == "sub" {
@@ -216,6 +225,16 @@ async fn compressed_messages_round_trip() {
             assert_eq!(rsv1, len >= 128, "{io:?} {len}");
             assert_eq!(got, json(len).as_bytes(), "{io:?} {len}");
         }
+        // From another thread, through a Sender: compressed all the same.
+        for len in [50, 20_000] {
+            s.write_all(&masked(true, 1, format!("later {len}").as_bytes()))
+                .await
+                .unwrap();
+            let (rsv1, _, got) = read_message(&mut s, 15).await;
+            assert_eq!(rsv1, len >= 128, "{io:?} {len}");
+            assert_eq!(got, json(len).as_bytes(), "{io:?} {len}");
+            assert_eq!(read(&mut s).await, (false, 1, b"done".to_vec()), "{io:?}");
+        }
         // A narrow window: what the server compresses fits 10 bits.
         let (mut s, _) = connect(&server, "permessage-deflate; server_max_window_bits=10").await;
         let text = json(100_000);
@@ -234,7 +253,11 @@ async fn subscribers_get_a_publish_compressed_or_not_as_they_agreed() {
     for io in BACKENDS {
         let server = server(io, Deflate::Shared, |_| {});
         let mut subscribers = Vec::new();
-        for offer in ["permessage-deflate", "x-unknown", "permessage-deflate; server_max_window_bits=10"] {
+        for offer in [
+            "permessage-deflate",
+            "x-unknown",
+            "permessage-deflate; server_max_window_bits=10",
+        ] {
             for _ in 0..3 {
                 let (mut s, answer) = connect(&server, offer).await;
                 s.write_all(&masked(true, 1, b"sub")).await.unwrap();
