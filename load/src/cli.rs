@@ -18,7 +18,8 @@ by --duration.
 The figure to compare servers by is the server's CPU time per message: give \
 --server-pid and the server's utime and stime (/proc/PID/stat fields 14 and 15) \
 are sampled at both ends of the measured window and divided by the messages \
-echoed in it. Throughput on a shared machine mostly measures the client; pin \
+echoed in it (several PIDs, comma-separated, for a server made of several \
+processes: their CPU and RSS are summed). Throughput on a shared machine mostly measures the client; pin \
 the server and this tool to different cores (taskset -c 0 / taskset -c 1).
 
 Output: a small table on stdout. With --json, one JSON object (one line, the \
@@ -37,6 +38,8 @@ Examples:
   ringws-load idle  --addr 127.0.0.1:9001 -c 15000 --hold 3s --server-pid PID
   ringws-load churn --addr 127.0.0.1:9001 -c 10 --server-pid PID
   ringws-load fanout --addr 127.0.0.1:9001 -c 1000 -s 20 --server-pid PID   # examples/room.rs
+  ringws-load fanout --addr 127.0.0.1:9001 --listen-addr 127.0.0.1:9002 \
+      --server-pid PID1,PID2 --broker-pid NATS_PID   # two rooms sharing topics (--backplane)
   benches/compare.sh     # all servers and scenarios, best of rounds, ratio table";
 
 #[derive(Debug, Parser)]
@@ -103,6 +106,12 @@ pub enum Cmd {
     /// window, held it back). Reports server CPU per delivered message
     /// (published in the window × (N + 1)), then publishes/s and
     /// deliveries/s; latency is the publisher's, to its own copy.
+    ///
+    /// Two servers sharing the topic (e.g. two ringws processes linked by
+    /// --backplane through one NATS server): --listen-addr puts every other
+    /// listener on the second server, --server-pid takes both PIDs
+    /// (comma-separated; the figure is their CPU summed), and --broker-pid
+    /// reports the broker's CPU beside it, not in it.
     Fanout(FanoutArgs),
     /// Summarise JSON lines (from benches/compare.sh) into one markdown table:
     /// best of the rounds per server and scenario, with ratios to a baseline
@@ -130,9 +139,11 @@ pub struct Common {
     pub warmup: Duration,
 
     /// Server process to sample: CPU (utime/stime) and RSS at both ends of
-    /// the window.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// the window. Several PIDs, comma-separated (at most 8), for a server
+    /// made of several processes (e.g. two ringws linked by --backplane):
+    /// their CPU and RSS are summed, and each one's CPU % is reported too.
+    #[arg(long, value_name = "PID[,PID...]", value_parser = parse_pids)]
+    pub server_pid: Option<Pids>,
 
     /// Client runtime threads (1 = tokio current-thread runtime).
     #[arg(long, default_value_t = 1)]
@@ -283,6 +294,26 @@ pub struct FanoutArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+
+    /// A second server (HOST:PORT, loopback) sharing the topic with the
+    /// first, e.g. another ringws process on the same --backplane: the
+    /// listeners alternate between the two (listener 0 on --addr/--url, 1
+    /// here, 2 on --addr, ...: half on each, the first gets the odd one
+    /// out) and the publisher is on the first, so half the listeners get
+    /// every message through the broker. The URL's path is used on both.
+    /// The first publish waits 200 ms after the last connection is open,
+    /// for the second server's subscription to reach the broker. Give both
+    /// servers' PIDs to --server-pid (PID1,PID2): the CPU per delivered
+    /// message is then theirs summed.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_addr: Option<String>,
+
+    /// A broker process (e.g. the nats-server linking two servers) whose
+    /// CPU over the window is reported on its own: per delivered message,
+    /// per publish and % of a core. It is not counted in the server figure
+    /// (nor as other processes' load).
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -315,6 +346,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Process IDs to sample together (`--server-pid 12,34`): a fixed-size
+/// list, so that it is `Copy` like the single PID it replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pids {
+    ids: [u32; Pids::MAX],
+    len: usize,
+}
+
+impl Pids {
+    pub const MAX: usize = 8;
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..self.len]
+    }
+}
+
+/// One PID or several, comma-separated.
+pub fn parse_pids(s: &str) -> Result<Pids, String> {
+    let mut p = Pids {
+        ids: [0; Pids::MAX],
+        len: 0,
+    };
+    for part in s.split(',') {
+        let part = part.trim();
+        let id: u32 = part
+            .parse()
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or_else(|| format!("bad PID {part:?} (want PID or PID,PID,...)"))?;
+        if p.len == Pids::MAX {
+            return Err(format!("at most {} PIDs", Pids::MAX));
+        }
+        if p.as_slice().contains(&id) {
+            return Err(format!("PID {id} given twice"));
+        }
+        p.ids[p.len] = id;
+        p.len += 1;
+    }
+    Ok(p)
 }
 
 /// Bytes, with an optional k/KiB/m/MiB suffix (all binary).
@@ -352,5 +424,31 @@ mod tests {
         assert_eq!(parse_duration("6").unwrap(), Duration::from_secs(6));
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn parses_pids() {
+        assert_eq!(parse_pids("42").unwrap().as_slice(), &[42]);
+        assert_eq!(parse_pids("42, 7").unwrap().as_slice(), &[42, 7]);
+        for bad in ["", "x", "1,,2", "0", "3,3", "1,2,3,4,5,6,7,8,9"] {
+            assert!(parse_pids(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "ringws-load",
+            "fanout",
+            "--server-pid",
+            "10,11",
+            "--listen-addr",
+            "127.0.0.1:9002",
+            "--broker-pid",
+            "12",
+        ])
+        .unwrap();
+        let Cmd::Fanout(a) = cli.cmd else {
+            panic!("fanout")
+        };
+        assert_eq!(a.common.server_pid.unwrap().as_slice(), &[10, 11]);
+        assert_eq!(a.listen_addr.as_deref(), Some("127.0.0.1:9002"));
+        assert_eq!(a.broker_pid, Some(12));
     }
 }

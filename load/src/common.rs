@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::Common;
+use crate::cli::{Common, Pids};
 use crate::procfs::{self, Cpu};
 use crate::report::{Latency, RunReport};
 use crate::stats;
@@ -76,24 +76,52 @@ where
     out
 }
 
-/// Server CPU and RSS at one instant.
+/// Server CPU and RSS at one instant: summed over the server's processes
+/// when `--server-pid` names several.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerSample {
     pub cpu: Cpu,
     pub rss: u64,
+    /// Each process's CPU time (ns), in `--server-pid` order.
+    pub each_ns: [u64; Pids::MAX],
+    pub processes: usize,
 }
 
-pub fn sample_server(pid: Option<u32>) -> Result<Option<ServerSample>, String> {
-    let Some(pid) = pid else { return Ok(None) };
-    Ok(Some(ServerSample {
-        cpu: procfs::cpu(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?,
-        rss: procfs::rss(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?,
-    }))
+pub fn sample_server(pids: Option<Pids>) -> Result<Option<ServerSample>, String> {
+    let Some(pids) = pids else { return Ok(None) };
+    let mut sample: Option<ServerSample> = None;
+    for (i, &pid) in pids.as_slice().iter().enumerate() {
+        let cpu = procfs::cpu(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;
+        let rss = procfs::rss(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;
+        let s = sample.get_or_insert(ServerSample {
+            cpu: Cpu {
+                user_ns: 0,
+                sys_ns: 0,
+                at: cpu.at,
+            },
+            rss: 0,
+            each_ns: [0; Pids::MAX],
+            processes: 0,
+        });
+        s.cpu.user_ns += cpu.user_ns;
+        s.cpu.sys_ns += cpu.sys_ns;
+        s.rss += rss;
+        s.each_ns[i] = cpu.total_ns();
+        s.processes += 1;
+    }
+    Ok(sample)
+}
+
+fn sample_broker(pid: Option<u32>) -> Result<Option<Cpu>, String> {
+    pid.map(|pid| procfs::cpu(pid).map_err(|e| format!("--broker-pid {pid}: {e}")))
+        .transpose()
 }
 
 /// The samples that bound the measured window.
 pub struct Window {
     pub server: Option<(ServerSample, ServerSample)>,
+    /// The broker's CPU (`--broker-pid`, fanout), apart from the server's.
+    pub broker: Option<(Cpu, Cpu)>,
     pub client: Option<(Cpu, Cpu)>,
     /// Busy CPU time of the whole machine.
     pub host: Option<(u64, u64)>,
@@ -103,9 +131,15 @@ pub struct Window {
 /// Warm-up, then the measured window: switches the phase and samples the
 /// server (and this process) at both ends.
 pub async fn run_window(c: &Common) -> Result<Window, String> {
+    run_window_with(c, None).await
+}
+
+/// [`run_window`], sampling a broker process's CPU as well.
+pub async fn run_window_with(c: &Common, broker: Option<u32>) -> Result<Window, String> {
     stats::set_phase(stats::WARMUP);
     tokio::time::sleep(c.warmup).await;
     let s0 = sample_server(c.server_pid)?;
+    let b0 = sample_broker(broker)?;
     let c0 = procfs::own_cpu().ok();
     let h0 = procfs::host_busy_ns().ok();
     let t0 = std::time::Instant::now();
@@ -114,10 +148,12 @@ pub async fn run_window(c: &Common) -> Result<Window, String> {
     stats::set_phase(stats::DONE);
     let elapsed = t0.elapsed();
     let s1 = sample_server(c.server_pid)?;
+    let b1 = sample_broker(broker)?;
     let c1 = procfs::own_cpu().ok();
     let h1 = procfs::host_busy_ns().ok();
     Ok(Window {
         server: s0.zip(s1),
+        broker: b0.zip(b1),
         client: c0.zip(c1),
         host: h0.zip(h1),
         elapsed,
@@ -155,8 +191,10 @@ pub fn base_report(mode: &str, c: &Common, url: String, conns: usize, size: usiz
     }
 }
 
-/// Server CPU per unit of work, plus CPU % and RSS, client CPU %, and the
-/// error counters.
+/// Server CPU per unit of work, plus CPU % and RSS (and each process's CPU %
+/// when there are several), client CPU %, and the error counters. The
+/// broker's CPU, if sampled, is left out of "other processes"; the caller
+/// reports it.
 pub fn fill_window(r: &mut RunReport, w: &Window, units: u64, per_handshake: bool) {
     let secs = w.elapsed.as_secs_f64();
     r.window_s = (secs * 1000.0).round() / 1000.0;
@@ -167,6 +205,13 @@ pub fn fill_window(r: &mut RunReport, w: &Window, units: u64, per_handshake: boo
         r.server_cpu_pct = Some(((user + sys) / 1e9 / wall * 1000.0).round() / 10.0);
         r.server_rss_start = Some(a.rss);
         r.server_rss_end = Some(b.rss);
+        if a.processes > 1 {
+            let each = (0..a.processes).map(|i| {
+                let ns = b.each_ns[i].saturating_sub(a.each_ns[i]) as f64;
+                (ns / 1e9 / wall * 1000.0).round() / 10.0
+            });
+            r.server_cpu_pct_each = Some(each.collect());
+        }
         if units > 0 {
             let n = units as f64;
             if per_handshake {
@@ -189,7 +234,10 @@ pub fn fill_window(r: &mut RunReport, w: &Window, units: u64, per_handshake: boo
             let server = w.server.map_or(0, |(s0, s1)| {
                 s1.cpu.total_ns().saturating_sub(s0.cpu.total_ns())
             });
-            let other = h1.saturating_sub(h0) as f64 - client - server as f64;
+            let broker = w
+                .broker
+                .map_or(0, |(b0, b1)| b1.total_ns().saturating_sub(b0.total_ns()));
+            let other = h1.saturating_sub(h0) as f64 - client - (server + broker) as f64;
             r.other_cpu_pct = Some(pct(other.max(0.0)));
         }
     }

@@ -12,6 +12,13 @@
 //! listener is reported as an error all the same). How often that limit,
 //! rather than the window, held the publisher back is reported as "lag
 //! stalls".
+//!
+//! With `--listen-addr`, listeners alternate between two servers that share
+//! the topic (two ringws processes on one `--backplane` broker): the
+//! publisher and the even-numbered listeners are on the first, the odd ones
+//! on the second, which gets every message through the broker. The checks
+//! are the same, so a message lost, repeated or reordered on the way
+//! through the broker is an error on the listeners of the second server.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -69,6 +76,16 @@ impl Shared {
 
 pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
     let target = Arc::new(Target::parse(&a.common.url, a.common.addr.as_deref())?);
+    // The second server, if any: same URL path, its own address.
+    let second = match a.listen_addr.as_deref() {
+        Some(addr) => Some(Arc::new(Target::parse(&a.common.url, Some(addr))?)),
+        None => None,
+    };
+    if second.as_ref().is_some_and(|s| s.addr == target.addr) {
+        return Err("--listen-addr is the first server's address".into());
+    }
+    let split = second.is_some();
+    let on_second = move |i: usize| split && i % 2 == 1;
     if a.connections == 0 || a.window == 0 {
         return Err("-c and --window must be at least 1".into());
     }
@@ -89,7 +106,10 @@ pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
         let deadline = tokio::time::Instant::now() + a.common.duration.max(Duration::from_secs(10));
         let conns =
             common::open_all(a.connections, a.connect_concurrency, deadline, |i| {
-                let target = target.clone();
+                let target = match &second {
+                    Some(s) if on_second(i) => s.clone(),
+                    _ => target.clone(),
+                };
                 async move {
                     ws::connect(&target, target.source(i as u64), rx_cap, &mut Rng::new()).await
                 }
@@ -118,6 +138,11 @@ pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
         )
         .await
         .map_err(|e| format!("publisher: {e}"))?;
+        if second.is_some() {
+            // The second server subscribes on the broker when its first
+            // listener comes, asynchronously: give that time to land.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         let (total, total_rx) = watch::channel(OPEN_END);
         let shared = Arc::new(Shared {
@@ -137,12 +162,16 @@ pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
         for (i, conn) in conns {
             let shared = shared.clone();
             let total_rx = total_rx.clone();
+            let server = match &second {
+                Some(s) if on_second(i) => format!(" (on {}, through the broker)", s.addr),
+                _ => String::new(),
+            };
             tasks.spawn(async move {
                 match listener(conn, &shared, total_rx).await {
                     Ok(()) => {
                         shared.complete.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => stats::error(format!("listener {i}: {e}")),
+                    Err(e) => stats::error(format!("listener {i}{server}: {e}")),
                 }
             });
         }
@@ -156,7 +185,7 @@ pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
                 }
             });
         }
-        let window = common::run_window(&a.common).await?;
+        let window = common::run_window_with(&a.common, a.broker_pid).await?;
         common::wind_down(&mut tasks, Duration::from_secs(5)).await;
 
         let shard = stats::collect();
@@ -174,6 +203,19 @@ pub fn run(a: FanoutArgs) -> Result<RunReport, String> {
         r.listener_msgs = Some(shared.listener_msgs.load(Ordering::Relaxed));
         r.lag_stalls = Some(shared.lag_stalls.load(Ordering::Relaxed));
         r.max_lag = Some(max_lag);
+        if let Some(s) = &second {
+            r.listen_url = Some(s.url());
+            r.listen_conns = Some((0..a.connections).filter(|&i| on_second(i)).count() as u64);
+        }
+        if let Some((b0, b1)) = window.broker {
+            let ns = b1.total_ns().saturating_sub(b0.total_ns()) as f64;
+            let wall = b1.at.duration_since(b0.at).as_secs_f64();
+            r.broker_cpu_pct = Some((ns / 1e9 / wall * 1000.0).round() / 10.0);
+            if published > 0 {
+                r.broker_cpu_ns_per_msg = Some((ns / delivered as f64).round());
+                r.broker_cpu_ns_per_publish = Some((ns / published as f64).round());
+            }
+        }
         r.lat_us = common::latency(&shard.hist);
         let incomplete = a.connections - shared.complete.load(Ordering::Relaxed);
         if incomplete > 0 && stats::errors() == 0 {

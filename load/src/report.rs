@@ -45,6 +45,9 @@ pub struct RunReport {
     pub server_cpu_pct: Option<f64>,
     pub server_rss_start: Option<u64>,
     pub server_rss_end: Option<u64>,
+    /// With several `--server-pid`s: each process's CPU over the window, %
+    /// of one core, in the order given (the figures above are their sums).
+    pub server_cpu_pct_each: Option<Vec<f64>>,
 
     /// Echoes received in the window (rate: of messages due in the window).
     pub msgs: Option<u64>,
@@ -74,6 +77,16 @@ pub struct RunReport {
     pub listener_msgs: Option<u64>,
     pub lag_stalls: Option<u64>,
     pub max_lag: Option<u64>,
+    /// Fanout with `--listen-addr`: the second server's URL and the
+    /// listeners on it (the rest, and the publisher, are on `url`).
+    pub listen_url: Option<String>,
+    pub listen_conns: Option<u64>,
+    /// Fanout with `--broker-pid`: the broker's CPU over the window per
+    /// delivered message and per publish (ns), and % of one core; not
+    /// included in the server figures.
+    pub broker_cpu_ns_per_msg: Option<f64>,
+    pub broker_cpu_ns_per_publish: Option<f64>,
+    pub broker_cpu_pct: Option<f64>,
 
     /// Churn: open/upgrade/echo/close cycles completed in the window.
     pub handshakes: Option<u64>,
@@ -175,13 +188,24 @@ impl RunReport {
             self.server_user_ns_per_msg,
             self.server_sys_ns_per_msg,
         ) {
+            let procs = self.server_cpu_pct_each.as_ref().map_or(0, Vec::len);
             row(
                 if self.mode == "fanout" {
                     "server CPU / delivered msg"
                 } else {
                     "server CPU / msg"
                 },
-                format!("{} ns  (user {} / sys {})", num(c), num(u), num(s)),
+                format!(
+                    "{} ns  (user {} / sys {}){}",
+                    num(c),
+                    num(u),
+                    num(s),
+                    if procs > 1 {
+                        format!("; {procs} processes summed")
+                    } else {
+                        String::new()
+                    }
+                ),
             );
         }
         if let (Some(c), Some(u), Some(s)) = (
@@ -214,7 +238,42 @@ impl RunReport {
             );
         }
         if let Some(p) = self.server_cpu_pct {
-            row("server CPU", format!("{p:.0} % of a core"));
+            let each = match &self.server_cpu_pct_each {
+                Some(each) if each.len() > 1 => {
+                    let each: Vec<String> = each.iter().map(|p| format!("{p:.0} %")).collect();
+                    format!("  ({})", each.join(" + "))
+                }
+                _ => String::new(),
+            };
+            row("server CPU", format!("{p:.0} % of a core{each}"));
+        }
+        if let (Some(m), Some(p), Some(pct)) = (
+            self.broker_cpu_ns_per_msg,
+            self.broker_cpu_ns_per_publish,
+            self.broker_cpu_pct,
+        ) {
+            row(
+                "broker CPU",
+                format!(
+                    "{} ns / delivered msg, {} ns / publish, {pct:.0} % of a core \
+                     (not in the server figure)",
+                    num(m),
+                    num(p)
+                ),
+            );
+        } else if let Some(pct) = self.broker_cpu_pct {
+            row("broker CPU", format!("{pct:.0} % of a core"));
+        }
+        if let (Some(second), Some(n)) = (&self.listen_url, self.listen_conns) {
+            row(
+                "listeners",
+                format!(
+                    "{} on {} (with the publisher), {} on {second}",
+                    int(self.conns - n),
+                    self.url,
+                    int(n)
+                ),
+            );
         }
         if let (Some(p), Some(d)) = (self.published_per_s, self.msgs_per_s) {
             row(
@@ -373,7 +432,10 @@ impl RunReport {
         let title = format!(
             "ringws-load {}  {}  {} conns × {} B{}{}  window {:.1} s{}",
             self.mode,
-            self.url,
+            match &self.listen_url {
+                Some(second) => format!("{} + {second}", self.url),
+                None => self.url.clone(),
+            },
             int(self.conns),
             int(self.size),
             self.inflight
