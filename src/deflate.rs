@@ -150,9 +150,9 @@ impl std::fmt::Debug for Inflater {
     }
 }
 
-/// Output is grown by at most this much at a time, so a bomb is stopped
-/// within one step past the limit.
-const INFLATE_STEP: usize = 64 << 10;
+/// The first output buffer of a message holds this many times its
+/// compressed size (at least [`KEEP_MAX`]): what text usually inflates to.
+const FIRST_RATIO: usize = 4;
 
 /// Above this, an output buffer is freed rather than kept.
 const KEEP_MAX: usize = 64 << 10;
@@ -171,6 +171,8 @@ impl Inflater {
             .reset(false);
         let mut out = std::mem::take(&mut self.spare);
         out.clear();
+        let first = compressed.len().saturating_mul(FIRST_RATIO).max(KEEP_MAX);
+        out.reserve_exact(first.min(max + 1));
         let result = self
             .run(compressed, max, &mut out)
             .and_then(|()| self.run(&TAIL, max, &mut out));
@@ -191,9 +193,12 @@ impl Inflater {
                 if out.len() > max {
                     return Err(InflateError::TooBig);
                 }
-                // One byte past the limit tells "exactly max" from "more".
-                let step = (max + 1 - out.len()).min(INFLATE_STEP.max(out.len()));
-                out.reserve_exact(step);
+                // Past the first guess, straight to the limit (one byte
+                // past it tells "exactly max" from "more"): one copy, and
+                // pages are touched, so counted in RSS, only as bytes
+                // arrive. Doubling would leave each smaller buffer behind
+                // in the allocator: a bomb cost 3× the limit so.
+                out.reserve_exact(max + 1 - out.len());
             }
             let (before_in, before_out) = (zlib.total_in(), zlib.total_out());
             let status = zlib

@@ -3,7 +3,8 @@
 //! (`--max-request-header-size`, 431), too many header lines, connections
 //! that never finish their request (`--max-pending-handshakes`), and
 //! sessions that stall one byte short of a large frame
-//! (`--max-buffered-bytes`, Close 1013). Memory is the process's RSS from
+//! (`--max-buffered-bytes`, Close 1013), and decompression bombs
+//! (`--deflate shared`, Close 1009). Memory is the process's RSS from
 //! `/proc/PID/status`, bounded generously; no test asserts a timing (the
 //! timeouts only keep a failing test from hanging). The tests of this file
 //! run one at a time (`SERIAL`): each pushes a few hundred MB through
@@ -587,5 +588,65 @@ async fn stalled_large_frames_are_bounded_by_the_buffer_budget() {
             "{io}: budget closes not counted: {:#?}",
             failure_lines(&m)
         );
+    }
+}
+
+/// A permessage-deflate bomb: one masked, compressed binary frame of about
+/// 1 MiB that inflates to 1 GiB of zeros (the deflate blocks of 1 MiB of
+/// zeros, sync-flushed so they end on a byte boundary, 1,024 times).
+fn deflate_bomb() -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new_with_window_bits(Compression::default(), false, 15);
+    let mut block = Vec::with_capacity(64 << 10);
+    c.compress_vec(&vec![0u8; 1 << 20], &mut block, FlushCompress::Sync)
+        .unwrap();
+    let mut payload = block.repeat(1024);
+    payload.truncate(payload.len() - 4); // the last sync-flush tail
+    let mut frame = masked(true, 2, &payload);
+    frame[0] |= 0x40; // RSV1: compressed
+    frame
+}
+
+#[tokio::test]
+async fn decompression_bombs_cost_at_most_the_message_limit() {
+    // Four clients at once each send a message that would inflate to 1 GiB;
+    // ringws stops inflating one step past --max-message-size (16 MiB) and
+    // answers 1009. A worker inflates one message at a time.
+    let _one = SERIAL.lock().await;
+    const CLIENTS: usize = 4;
+    let bomb = Arc::new(deflate_bomb());
+    for io in IO {
+        let server = launch(io, &["--deflate", "shared"]).await;
+        let before = server.rss_kib();
+        let peak = RssPeak::start(server.pid());
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let (addr, bomb) = (server.addr, bomb.clone());
+            clients.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let req = upgrade_request(addr).replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+                );
+                s.write_all(req.as_bytes()).await.unwrap();
+                let head = read_head(&mut s).await;
+                assert!(head.contains("permessage-deflate"), "{head}");
+                // The server may close before it has read all of it.
+                let _ = s.write_all(&bomb).await;
+                let f = read_frame_within(&mut s, Duration::from_secs(30)).await;
+                f.map(|f| f.close_code())
+            }));
+        }
+        for c in clients {
+            assert_eq!(c.await.unwrap(), Ok(Some(1009)), "{io}");
+        }
+        let grew = peak.stop().saturating_sub(before);
+        println!("{io}: {CLIENTS} bombs of 1 GiB: RSS peak +{grew} KiB");
+        // The limit (16 MiB), the bombs' frames as they arrive (~1 MiB
+        // each), the inflater: 22 to 31 MiB measured, against 1 GiB each.
+        assert!(grew < 48 << 10, "{io}: RSS grew by {grew} KiB");
+        // Still serving.
+        let mut s = raw_upgrade(server.addr, &masked(true, 1, b"after")).await;
+        assert_eq!(read_frame(&mut s).await.payload, b"after", "{io}");
     }
 }
