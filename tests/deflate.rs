@@ -12,7 +12,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use ringws::{
     Accept, Config, Conn, Deflate, Handler, IoMode, Message, Refuse, Request, RunningServer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Echoes in place, except `json N`, answered with N bytes of JSON sent by
@@ -138,22 +138,10 @@ fn compressed(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Reads one server frame: (RSV1, opcode, payload).
 async fn read(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.unwrap();
-        assert_eq!(h[0] & 0x30, 0, "RSV2/RSV3");
-        assert_eq!(h[0] & 0x80, 0x80, "unfragmented");
-        let len = match h[1] & 0x7f {
-            126 => s.read_u16().await.unwrap() as usize,
-            127 => s.read_u64().await.unwrap() as usize,
-            n => n as usize,
-        };
-        let mut payload = vec![0; len];
-        s.read_exact(&mut payload).await.unwrap();
-        (h[0] & 0x40 != 0, h[0] & 0x0f, payload)
-    })
-    .await
-    .expect("a frame in time")
+    let (first, payload) = read_frame_bits(s).await;
+    assert_eq!(first & 0x30, 0, "RSV2/RSV3");
+    assert_eq!(first & 0x80, 0x80, "unfragmented");
+    (first & 0x40 != 0, first & 0x0f, payload)
 }
 
 /// Reads a message, inflating it if it is compressed.

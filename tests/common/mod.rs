@@ -130,10 +130,21 @@ impl ServerFrame {
 
 /// Reads one server frame; checks it is unmasked and has no RSV bits.
 pub async fn read_frame(s: &mut TcpStream) -> ServerFrame {
+    let (first, payload) = read_frame_bits(s).await;
+    assert_eq!(first & 0x70, 0, "RSV bits from the server");
+    ServerFrame {
+        fin: first & 0x80 != 0,
+        opcode: first & 0x0f,
+        payload,
+    }
+}
+
+/// Reads one server frame, whatever its RSV bits: its first byte (FIN, RSV,
+/// opcode) and payload; checks it is unmasked.
+pub async fn read_frame_bits(s: &mut TcpStream) -> (u8, Vec<u8>) {
     tokio::time::timeout(Duration::from_secs(10), async {
         let mut h = [0u8; 2];
         s.read_exact(&mut h).await.expect("frame header");
-        assert_eq!(h[0] & 0x70, 0, "RSV bits from the server");
         assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
         let len = match h[1] & 0x7f {
             126 => s.read_u16().await.unwrap() as usize,
@@ -142,11 +153,7 @@ pub async fn read_frame(s: &mut TcpStream) -> ServerFrame {
         };
         let mut payload = vec![0; len];
         s.read_exact(&mut payload).await.unwrap();
-        ServerFrame {
-            fin: h[0] & 0x80 != 0,
-            opcode: h[0] & 0x0f,
-            payload,
-        }
+        (h[0], payload)
     })
     .await
     .expect("frame in time")
