@@ -85,7 +85,9 @@ async fn cycle(
     tx: &Tx,
     rng: &mut Rng,
 ) -> Result<(), String> {
-    let Conn { mut stream, mut rx } = ws::connect(target, src, 4096, rng).await?;
+    let Conn {
+        mut stream, mut rx, ..
+    } = ws::connect(target, src, 4096, rng).await?;
     let mut out = Vec::with_capacity(tx.frame_len() + 16);
     tx.push(&mut out, 0);
     stream

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::payload::{JSON_MIN, Payload};
+
 const ABOUT: &str = "Load generator for WebSocket echo servers on loopback (ringws benchmarks)";
 
 const LONG_ABOUT: &str = "\
@@ -36,6 +38,7 @@ Examples:
   taskset -c 1 ringws-load echo --url ws://127.0.0.1:9001/ws -c 100 -s 20 --server-pid $!
   ringws-load rate  --addr 127.0.0.1:9001 -c 100 --rate 100000 --server-pid PID
   ringws-load idle  --addr 127.0.0.1:9001 -c 15000 --hold 3s --server-pid PID
+  ringws-load echo  --addr 127.0.0.1:9001 -c 10 -s 1KiB --payload json --deflate --server-pid PID
   ringws-load churn --addr 127.0.0.1:9001 -c 10 --server-pid PID
   ringws-load fanout --addr 127.0.0.1:9001 -c 1000 -s 20 --server-pid PID   # examples/room.rs
   ringws-load fanout --addr 127.0.0.1:9001 --listen-addr 127.0.0.1:9002 \
@@ -192,6 +195,52 @@ pub struct EchoArgs {
     /// messages of their own (e.g. ringws' `counter` example).
     #[arg(long)]
     pub any_reply: bool,
+
+    #[command(flatten)]
+    pub msg: MsgArgs,
+}
+
+/// What the messages carry, and compression (echo and idle).
+#[derive(Clone, Debug, Args)]
+pub struct MsgArgs {
+    /// Offer permessage-deflate as Chromium does ("permessage-deflate;
+    /// client_max_window_bits"). If the server accepts, every message sent
+    /// is compressed (RSV1; context kept from message to message unless the
+    /// answer says client_no_context_takeover; window per
+    /// client_max_window_bits), and messages received with RSV1 are
+    /// inflated (context kept unless server_no_context_takeover) before
+    /// they are checked. The report gives the answer, the connections that
+    /// agreed, and the frame bytes on the wire per message each way.
+    #[arg(long)]
+    pub deflate: bool,
+
+    /// zlib level of the client's compressor with --deflate (6: zlib's
+    /// default, what Chromium uses).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub deflate_level: u32,
+
+    /// Payload of each message: "pattern" (fixed ASCII with the sequence
+    /// number) or "json" (a chat/notification-like JSON object of exactly
+    /// -s bytes, at least 160: sequence number, type, room, user name,
+    /// timestamp and text of words drawn from a fixed vocabulary of ~300,
+    /// seeded by the connection's number, so every message differs and
+    /// every server gets the same ones; sent as text frames).
+    #[arg(long, value_enum, default_value_t = Payload::Pattern)]
+    pub payload: Payload,
+}
+
+impl MsgArgs {
+    /// Whether messages are built per send (anything but the default).
+    pub fn per_send(&self) -> bool {
+        self.deflate || self.payload != Payload::Pattern
+    }
+
+    pub fn check(&self, size: usize) -> Result<(), String> {
+        if self.payload == Payload::Json && size < JSON_MIN {
+            return Err(format!("--payload json needs -s of at least {JSON_MIN}"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -259,6 +308,9 @@ pub struct IdleArgs {
     /// (for servers whose messages would fan out, like the `room` example).
     #[arg(long)]
     pub no_message: bool,
+
+    #[command(flatten)]
+    pub msg: MsgArgs,
 
     /// Internal: run as worker I of N (set by the parent process).
     #[arg(long, hide = true, value_name = "I/N")]

@@ -10,11 +10,13 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cli::{Common, Pids};
+use crate::cli::{Common, MsgArgs, Pids};
+use crate::deflate;
+use crate::payload::Payload;
 use crate::procfs::{self, Cpu};
 use crate::report::{Latency, RunReport};
 use crate::stats;
-use crate::ws::{self, Event, Tx};
+use crate::ws::{self, Event, Source};
 
 /// A current-thread runtime for one client thread, else a multi-thread one.
 pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
@@ -244,6 +246,29 @@ pub fn fill_window(r: &mut RunReport, w: &Window, units: u64, per_handshake: boo
     finish(r);
 }
 
+/// The `--payload` and `--deflate` fields (null when not given).
+pub fn fill_msg(r: &mut RunReport, m: &MsgArgs) {
+    if m.payload != Payload::Pattern {
+        r.payload = Some(m.payload.name().into());
+    }
+    if m.deflate {
+        let (offered, agreed, answer) = deflate::summary();
+        r.deflate_offered = Some(offered);
+        r.deflate_conns = Some(agreed);
+        r.deflate_answers_differ = Some(answer.as_ref().is_some_and(|a| a.1));
+        r.deflate_answer = answer.map(|a| a.0);
+        r.deflate_level = Some(u64::from(m.deflate_level));
+        if agreed > 0 && agreed < offered {
+            r.first_error.get_or_insert_with(|| {
+                format!(
+                    "permessage-deflate declined on {} of {offered} connections",
+                    offered - agreed
+                )
+            });
+        }
+    }
+}
+
 /// Error counters and the verdict.
 pub fn finish(r: &mut RunReport) {
     r.mismatches = stats::mismatches();
@@ -265,8 +290,8 @@ pub async fn wind_down(set: &mut JoinSet<()>, grace: Duration) {
 /// waiting for: takes that message's send record from `pending` (an echo of
 /// nothing sent is an error), counts a mismatch if the bytes differ, and
 /// moves `seq` on. Returns the send record (a send time).
-pub fn check_echo<T>(
-    tx: &Tx,
+pub fn check_echo<S: Source + ?Sized, T>(
+    tx: &mut S,
     payload: &[u8],
     pending: &mut VecDeque<T>,
     seq: &mut u32,

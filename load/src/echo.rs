@@ -8,18 +8,21 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use crate::cli::EchoArgs;
+use crate::cli::{EchoArgs, MsgArgs};
 use crate::common;
+use crate::deflate::Deflater;
+use crate::payload::Messages;
 use crate::report::RunReport;
-use crate::stats::{self, DONE, MEASURE};
+use crate::stats::{self, DONE, MEASURE, Wire};
 use crate::target::Target;
-use crate::ws::{self, Conn, Event, Rng, Tx};
+use crate::ws::{self, Conn, Event, Rng, Source, Tx};
 
 struct Params {
     size: usize,
     inflight: usize,
     text: bool,
     any_reply: bool,
+    msg: MsgArgs,
 }
 
 pub fn run(a: EchoArgs) -> Result<RunReport, String> {
@@ -27,14 +30,16 @@ pub fn run(a: EchoArgs) -> Result<RunReport, String> {
     if a.connections == 0 || a.inflight == 0 {
         return Err("-c and -k must be at least 1".into());
     }
+    a.msg.check(a.size)?;
     let rt = common::runtime(a.common.threads)?;
     rt.block_on(async move {
         let frame = a.size + 14;
         let rx_cap = (a.inflight * frame + 4096).clamp(16 << 10, 4 << 20);
         let deadline = tokio::time::Instant::now() + a.common.duration.max(Duration::from_secs(5));
+        let offer = a.msg.deflate;
         let conns = common::open_all(a.connections, a.connect_concurrency, deadline, |_| {
             let target = target.clone();
-            async move { ws::connect(&target, None, rx_cap, &mut Rng::new()).await }
+            async move { ws::connect_with(&target, None, rx_cap, &mut Rng::new(), offer).await }
         })
         .await;
         let conns: Vec<Conn> = conns.into_iter().flatten().collect();
@@ -50,12 +55,30 @@ pub fn run(a: EchoArgs) -> Result<RunReport, String> {
             inflight: a.inflight,
             text: a.text,
             any_reply: a.any_reply,
+            msg: a.msg.clone(),
         });
         let mut tasks = JoinSet::new();
         for (i, conn) in conns.into_iter().enumerate() {
             let params = params.clone();
             tasks.spawn(async move {
-                if let Err(e) = connection(conn, &params).await {
+                let result = if params.msg.per_send() {
+                    let p = &params.msg;
+                    let deflater =
+                        (conn.deflate.as_ref()).map(|a| Deflater::new(a, p.deflate_level));
+                    let tx = Messages::new(
+                        p.payload,
+                        params.size,
+                        params.text,
+                        i as u64,
+                        deflater,
+                        &mut Rng::new(),
+                    );
+                    connection(conn, &params, tx, true).await
+                } else {
+                    let tx = Tx::new(params.size, params.text, &mut Rng::new());
+                    connection(conn, &params, tx, false).await
+                };
+                if let Err(e) = result {
                     stats::error(format!("connection {i}: {e}"));
                 }
             });
@@ -72,6 +95,15 @@ pub fn run(a: EchoArgs) -> Result<RunReport, String> {
         r.bytes_per_s = Some((shard.done as f64 * a.size as f64 / secs).round());
         r.lat_us = common::latency(&shard.hist);
         common::fill_window(&mut r, &window, shard.done, false);
+        common::fill_msg(&mut r, &a.msg);
+        if a.msg.per_send() {
+            let w = shard.wire;
+            let per = |bytes: u64, msgs: u64| {
+                (msgs > 0).then(|| (bytes as f64 / msgs as f64 * 10.0).round() / 10.0)
+            };
+            r.wire_tx_bytes_per_msg = per(w.tx_bytes, w.tx_msgs);
+            r.wire_rx_bytes_per_msg = per(w.rx_bytes, w.rx_msgs);
+        }
         if shard.done == 0 {
             r.ok = false;
         }
@@ -79,10 +111,19 @@ pub fn run(a: EchoArgs) -> Result<RunReport, String> {
     })
 }
 
-async fn connection(conn: Conn, p: &Params) -> Result<(), String> {
-    let Conn { mut stream, mut rx } = conn;
-    let tx = Tx::new(p.size, p.text, &mut Rng::new());
-    let mut out: Vec<u8> = Vec::with_capacity(p.inflight * tx.frame_len() + 64);
+/// One connection's closed loop. `count_wire`: count data frames and their
+/// bytes each way in the window (for the report's wire bytes per message).
+async fn connection<S: Source>(
+    conn: Conn,
+    p: &Params,
+    mut tx: S,
+    count_wire: bool,
+) -> Result<(), String> {
+    let Conn {
+        mut stream, mut rx, ..
+    } = conn;
+    let mut out: Vec<u8> = Vec::with_capacity(p.inflight * (p.size + 14) + 64);
+    let mut wire = Wire::default();
     let mut pos = 0usize;
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(p.inflight);
     let (mut next_seq, mut expect_seq) = (0u32, 0u32);
@@ -137,34 +178,44 @@ async fn connection(conn: Conn, p: &Params) -> Result<(), String> {
             match ev {
                 Event::Data(payload) => {
                     let t = if p.any_reply {
+                        tx.skip();
                         sent_at
                             .pop_front()
                             .ok_or("server sent a message that was not sent to it")?
                     } else {
-                        common::check_echo(&tx, payload, &mut sent_at, &mut expect_seq)?
+                        common::check_echo(&mut tx, payload, &mut sent_at, &mut expect_seq)?
                     };
                     if phase == MEASURE {
                         latencies.push(now.duration_since(t).as_nanos() as u64);
+                        if count_wire {
+                            wire.rx_msgs += 1;
+                            wire.rx_bytes += rx.last_msg_wire() as u64;
+                        }
                     }
                     if phase != DONE {
-                        tx.push(&mut out, next_seq);
+                        let n = tx.push(&mut out, next_seq);
                         next_seq = next_seq.wrapping_add(1);
                         sent_at.push_back(now);
+                        if phase == MEASURE && count_wire {
+                            wire.tx_msgs += 1;
+                            wire.tx_bytes += n as u64;
+                        }
                     }
                 }
                 other => {
-                    if common::on_control(other, &mut out, tx.key, closing)? {
+                    if common::on_control(other, &mut out, tx.key(), closing)? {
                         return Ok(());
                     }
                 }
             }
         }
         stats::record_done(&mut latencies);
+        stats::record_wire(&mut wire);
         // After the window: let the messages in flight come back, then close
         // (Close frame, then wait for the server's) so no echo meets a reset.
         if phase == DONE && !closing && sent_at.is_empty() {
             closing = true;
-            ws::push_close(&mut out, 1000, tx.key);
+            ws::push_close(&mut out, 1000, tx.key());
         }
     }
 }

@@ -240,7 +240,9 @@ fn seq_of(payload: &[u8]) -> Option<u32> {
 /// One subscriber: reads, checks every message, counts it, and closes once
 /// it has every message the publisher sent.
 async fn listener(conn: Conn, p: &Shared, mut total: watch::Receiver<u64>) -> Result<(), String> {
-    let Conn { mut stream, mut rx } = conn;
+    let Conn {
+        mut stream, mut rx, ..
+    } = conn;
     // Only its plain pattern is used (to check); its key masks our Close.
     let tx = Tx::new(p.size, p.text, &mut Rng::new());
     let mut out: Vec<u8> = Vec::new();
@@ -349,8 +351,10 @@ async fn listener(conn: Conn, p: &Shared, mut total: watch::Receiver<u64>) -> Re
 /// The publisher: keeps `window` messages in flight, each done when its own
 /// copy comes back, never more than `max_lag` ahead of the slowest listener.
 async fn publish(conn: Conn, p: &Shared) -> Result<(), String> {
-    let Conn { mut stream, mut rx } = conn;
-    let tx = Tx::new(p.size, p.text, &mut Rng::new());
+    let Conn {
+        mut stream, mut rx, ..
+    } = conn;
+    let mut tx = Tx::new(p.size, p.text, &mut Rng::new());
     let mut out: Vec<u8> = Vec::with_capacity(p.window * tx.frame_len() + 64);
     let mut pos = 0usize;
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(p.window);
@@ -428,7 +432,7 @@ async fn publish(conn: Conn, p: &Shared) -> Result<(), String> {
             match ev {
                 Event::Data(payload) => {
                     let mut seq32 = expect as u32;
-                    let t = common::check_echo(&tx, payload, &mut sent_at, &mut seq32)?;
+                    let t = common::check_echo(&mut tx, payload, &mut sent_at, &mut seq32)?;
                     expect += 1;
                     if phase == MEASURE {
                         latencies.push(now.duration_since(t).as_nanos() as u64);

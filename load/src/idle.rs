@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::IdleArgs;
+use crate::cli::{IdleArgs, MsgArgs};
 use crate::common;
+use crate::deflate::{self, Deflater};
+use crate::payload::Messages;
 use crate::procfs;
 use crate::report::RunReport;
 use crate::stats;
 use crate::target::Target;
-use crate::ws::{self, Conn, Event, Rng, Tx};
+use crate::ws::{self, Conn, Event, Rng, Source, Tx};
 
 /// Source-address index of the warm-up connection (far from 0..N).
 const WARMUP_SOURCE: u64 = 16_000_000;
@@ -37,6 +39,30 @@ struct ShardReport {
     errors: u64,
     mismatches: u64,
     first_error: Option<String>,
+    /// With --deflate: connections that offered it, that agreed, and the
+    /// first answer.
+    #[serde(default)]
+    deflate_offered: u64,
+    #[serde(default)]
+    deflate_agreed: u64,
+    #[serde(default)]
+    deflate_answer: Option<String>,
+}
+
+impl ShardReport {
+    fn new(connected: u64) -> Self {
+        let (offered, agreed, answer) = deflate::summary();
+        ShardReport {
+            connected,
+            alive: 0,
+            errors: stats::errors(),
+            mismatches: stats::mismatches(),
+            first_error: stats::first_error(),
+            deflate_offered: offered,
+            deflate_agreed: agreed,
+            deflate_answer: answer.map(|a| a.0),
+        }
+    }
 }
 
 /// Connections held open.
@@ -73,9 +99,11 @@ async fn open(target: &Arc<Target>, range: Range<usize>, a: &IdleArgs) -> Held {
     let deadline = tokio::time::Instant::now() + a.common.duration;
     let first = range.start;
     let (size, no_message) = (a.size, a.no_message);
+    let msg = Arc::new(a.msg.clone());
     let opened = common::open_all(range.len(), a.connect_concurrency, deadline, |i| {
         let target = target.clone();
-        async move { open_one(&target, (first + i) as u64, size, no_message).await }
+        let msg = msg.clone();
+        async move { open_one(&target, (first + i) as u64, size, no_message, &msg).await }
     })
     .await;
     Held {
@@ -84,21 +112,48 @@ async fn open(target: &Arc<Target>, range: Range<usize>, a: &IdleArgs) -> Held {
 }
 
 /// Opens and upgrades one connection, then echoes one message on it unless
-/// `no_message`.
+/// `no_message` (per `msg`: offering deflate, JSON payload). What the
+/// connection compresses and inflates with is dropped once it echoed: only
+/// the socket is held.
 async fn open_one(
     target: &Target,
     index: u64,
     size: usize,
     no_message: bool,
+    msg: &MsgArgs,
 ) -> Result<TcpStream, String> {
     let mut rng = Rng::new();
-    let Conn { mut stream, mut rx } =
-        ws::connect(target, target.source(index), size + 64, &mut rng).await?;
+    let Conn {
+        mut stream,
+        mut rx,
+        deflate,
+    } = ws::connect_with(
+        target,
+        target.source(index),
+        size + 64,
+        &mut rng,
+        msg.deflate,
+    )
+    .await?;
     if no_message {
         return Ok(stream);
     }
-    let tx = Tx::new(size, false, &mut rng);
-    let mut out = Vec::with_capacity(tx.frame_len());
+    let mut tx: Box<dyn Source + Send> = if msg.per_send() {
+        let deflater = deflate
+            .as_ref()
+            .map(|a| Deflater::new(a, msg.deflate_level));
+        Box::new(Messages::new(
+            msg.payload,
+            size,
+            false,
+            index,
+            deflater,
+            &mut rng,
+        ))
+    } else {
+        Box::new(Tx::new(size, false, &mut rng))
+    };
+    let mut out = Vec::with_capacity(size + 14);
     tx.push(&mut out, 0);
     stream
         .write_all(&out)
@@ -150,6 +205,7 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     if n == 0 {
         return Err("-c must be at least 1".into());
     }
+    a.msg.check(a.size)?;
     let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(_, hard)| hard);
     let per_process = a
         .per_process
@@ -162,7 +218,7 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     // One connection comes and goes first, so that the baseline includes
     // whatever a server allocates once (buffers, pools, lazy statics).
     rt.block_on(async {
-        match open_one(&target, WARMUP_SOURCE, a.size, a.no_message).await {
+        match open_one(&target, WARMUP_SOURCE, a.size, a.no_message, &a.msg).await {
             Ok(s) => Held { streams: vec![s] }.close([1, 2, 3, 4]),
             Err(e) => stats::error(format!("warm-up connection: {e}")),
         }
@@ -171,6 +227,7 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
     if stats::errors() > 0 {
         return Err(stats::first_error().unwrap_or_default());
     }
+    deflate::reset_notes();
     let before = common::sample_server(pid)?;
     let kernel_before = kernel_sample();
 
@@ -229,6 +286,11 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
         connected = ready.iter().map(|s| s.connected).sum();
         for s in &ready {
             absorb(s);
+            deflate::absorb(
+                s.deflate_offered,
+                s.deflate_agreed,
+                s.deflate_answer.clone(),
+            );
         }
         std::thread::sleep(a.hold);
         after = common::sample_server(pid)?;
@@ -268,6 +330,7 @@ pub fn run(a: IdleArgs) -> Result<RunReport, String> {
         r.tcp_mem_bytes_per_conn = Some(per_conn(*a as i64 - *b as i64));
     }
     common::finish(&mut r);
+    common::fill_msg(&mut r, &a.msg);
     if connected < n as u64 || alive < connected {
         r.ok = false;
         if alive < connected {
@@ -333,6 +396,14 @@ impl Workers {
             if a.no_message {
                 child.arg("--no-message");
             }
+            if a.msg.deflate {
+                child.args([
+                    "--deflate",
+                    "--deflate-level",
+                    &a.msg.deflate_level.to_string(),
+                ]);
+            }
+            child.args(["--payload", a.msg.payload.name()]);
             let mut child = child
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -435,13 +506,7 @@ pub fn worker(a: IdleArgs) -> Result<(), String> {
     };
     rt.block_on(async {
         let held = open(&target, range, &a).await;
-        let mut report = ShardReport {
-            connected: held.streams.len() as u64,
-            alive: 0,
-            errors: stats::errors(),
-            mismatches: stats::mismatches(),
-            first_error: stats::first_error(),
-        };
+        let mut report = ShardReport::new(held.streams.len() as u64);
         emit("READY", &report);
         // The parent's hold, plus margin; EOF on stdin (parent gone) also ends it.
         let limit = a.hold + a.common.duration + Duration::from_secs(60);

@@ -2,8 +2,9 @@
 //! by ringws' benchmarks (`benches/compare.sh`). See `ringws-load --help`.
 //!
 //! Layout: `cli` (options), `target` (URL, loopback rule, source addresses),
-//! `ws` (minimal client: handshake, masked frames, parser), `procfs` (server
-//! CPU/RSS, slab samples), `stats` (phase, per-thread counters, histogram),
+//! `ws` (minimal client: handshake, masked frames, parser), `deflate`
+//! (client-side permessage-deflate), `payload` (JSON messages, frames built
+//! per send), `procfs` (server CPU/RSS, slab samples), `stats` (phase, per-thread counters, histogram),
 //! `common` (runtime, connect phase, measured window), one module per mode
 //! (`echo`, `rate`, `idle`, `churn`, `fanout`), `report` (JSON + table) and `summary`
 //! (the `report` subcommand).
@@ -11,9 +12,11 @@
 mod churn;
 mod cli;
 mod common;
+mod deflate;
 mod echo;
 mod fanout;
 mod idle;
+mod payload;
 mod procfs;
 mod rate;
 mod report;

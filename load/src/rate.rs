@@ -195,8 +195,10 @@ async fn pacer(s: Arc<Shared>) {
 const MAX_BACKLOG: usize = 256 << 10;
 
 async fn connection(conn: Conn, c: u64, s: &Shared) -> Result<(), String> {
-    let Conn { mut stream, mut rx } = conn;
-    let tx = Tx::new(s.size, s.text, &mut Rng::new());
+    let Conn {
+        mut stream, mut rx, ..
+    } = conn;
+    let mut tx = Tx::new(s.size, s.text, &mut Rng::new());
     let mine = s.due_for(c, s.total);
     let mut out: Vec<u8> = Vec::with_capacity(4 * tx.frame_len() + 64);
     let mut pos = 0usize;
@@ -280,8 +282,12 @@ async fn connection(conn: Conn, c: u64, s: &Shared) -> Result<(), String> {
                 while let Some(ev) = rx.next_event()? {
                     match ev {
                         Event::Data(payload) => {
-                            let t =
-                                common::check_echo(&tx, payload, &mut intended, &mut expect_seq)?;
+                            let t = common::check_echo(
+                                &mut tx,
+                                payload,
+                                &mut intended,
+                                &mut expect_seq,
+                            )?;
                             if t >= win_start && t < win_end {
                                 latencies.push(now_ns.saturating_sub(t));
                             }

@@ -123,6 +123,26 @@ pub struct RunReport {
     /// Why a kernel figure is missing, when it is.
     pub kernel_note: Option<String>,
 
+    /// Echo and idle with `--payload`: what the messages carried ("json";
+    /// null for the default pattern).
+    pub payload: Option<String>,
+    /// Echo and idle with `--deflate` (null without): connections that
+    /// offered permessage-deflate and those whose server agreed, the first
+    /// answer (`Sec-WebSocket-Extensions`; null when every server declined)
+    /// and whether some connection got a different one, and the client's
+    /// zlib level.
+    pub deflate_offered: Option<u64>,
+    pub deflate_conns: Option<u64>,
+    pub deflate_answer: Option<String>,
+    pub deflate_answers_differ: Option<bool>,
+    pub deflate_level: Option<u64>,
+    /// Echo with `--deflate` or `--payload`: frame bytes on the wire
+    /// (headers and mask included, compressed when it was) per data message
+    /// the client sent in the window, and per data message it received in
+    /// the window.
+    pub wire_tx_bytes_per_msg: Option<f64>,
+    pub wire_rx_bytes_per_msg: Option<f64>,
+
     /// This process's CPU over the window, % of one core (near 100 means the
     /// load generator, not the server, was the limit).
     pub client_cpu_pct: Option<f64>,
@@ -303,6 +323,42 @@ impl RunReport {
             row(
                 "throughput",
                 format!("{} msgs/s  ({}/s payload)", num(m), bytes(bps)),
+            );
+        }
+        if let Some(offered) = self.deflate_offered {
+            let agreed = self.deflate_conns.unwrap_or(0);
+            row(
+                "deflate",
+                match &self.deflate_answer {
+                    Some(answer) => format!(
+                        "agreed on {} of {} connections: {answer}{}{}",
+                        int(agreed),
+                        int(offered),
+                        if self.deflate_answers_differ == Some(true) {
+                            " (and other answers)"
+                        } else {
+                            ""
+                        },
+                        self.deflate_level
+                            .map_or(String::new(), |l| format!("; client level {l}")),
+                    ),
+                    None => format!("offered on {} connections, declined", int(offered)),
+                },
+            );
+        }
+        if let (Some(t), Some(r)) = (self.wire_tx_bytes_per_msg, self.wire_rx_bytes_per_msg) {
+            let frame = |v: f64| format!("{v:.1} B");
+            row(
+                "wire bytes / msg",
+                format!(
+                    "client → server {}, server → client {}  ({} payload{})",
+                    frame(t),
+                    frame(r),
+                    bytes(self.size as f64),
+                    self.payload
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(", {p}")),
+                ),
             );
         }
         if let Some(r) = self.rate_target {

@@ -32,6 +32,27 @@ pub struct Shard {
     /// Rate mode: how late each message was queued for sending after its
     /// intended send time, in nanoseconds.
     pub lag: Histogram<u64>,
+    /// Echo: data frames sent and received inside the window, and their
+    /// bytes on the wire (headers included).
+    pub wire: Wire,
+}
+
+/// Data frames and their bytes on the wire, each way.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wire {
+    pub tx_msgs: u64,
+    pub tx_bytes: u64,
+    pub rx_msgs: u64,
+    pub rx_bytes: u64,
+}
+
+impl Wire {
+    fn add(&mut self, o: &Wire) {
+        self.tx_msgs += o.tx_msgs;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_msgs += o.rx_msgs;
+        self.rx_bytes += o.rx_bytes;
+    }
 }
 
 impl Shard {
@@ -41,6 +62,7 @@ impl Shard {
             // 100 ns .. 100 s, 3 significant digits.
             hist: Histogram::new_with_bounds(100, 100_000_000_000, 3).expect("histogram bounds"),
             lag: Histogram::new_with_bounds(100, 100_000_000_000, 2).expect("histogram bounds"),
+            wire: Wire::default(),
         }
     }
 }
@@ -75,12 +97,22 @@ pub fn record_done(latencies: &mut Vec<u64>) {
     latencies.clear();
 }
 
+/// Adds `w` to this thread's shard, and empties it.
+pub fn record_wire(w: &mut Wire) {
+    if w.tx_msgs == 0 && w.rx_msgs == 0 {
+        return;
+    }
+    with_shard(|s| s.wire.add(w));
+    *w = Wire::default();
+}
+
 /// All shards merged.
 pub fn collect() -> Shard {
     let mut total = Shard::new();
     for s in SHARDS.lock().expect("shards").iter() {
         let s = s.lock().expect("shard");
         total.done += s.done;
+        total.wire.add(&s.wire);
         total.hist.add(&s.hist).expect("same histogram bounds");
         total.lag.add(&s.lag).expect("same histogram bounds");
     }

@@ -13,6 +13,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::deflate::{self, Agreed, Inflater, RSV1};
 use crate::target::Target;
 
 pub const OP_CONT: u8 = 0x0;
@@ -44,6 +45,14 @@ impl Rng {
         Rng((t ^ s ^ u64::from(std::process::id()).rotate_left(32)) | 1)
     }
 
+    /// A generator whose draws depend on `seed` only (splitmix64 of it).
+    pub fn seeded(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
@@ -69,6 +78,9 @@ impl Rng {
 pub struct Conn {
     pub stream: TcpStream,
     pub rx: RxBuf,
+    /// What the server agreed to when permessage-deflate was offered and
+    /// accepted (`rx` then inflates what comes compressed).
+    pub deflate: Option<Agreed>,
 }
 
 /// Opens a TCP connection (bound to `src` first when given, to spread source
@@ -79,6 +91,20 @@ pub async fn connect(
     src: Option<IpAddr>,
     rx_capacity: usize,
     rng: &mut Rng,
+) -> Result<Conn, String> {
+    connect_with(target, src, rx_capacity, rng, false).await
+}
+
+/// [`connect`], offering permessage-deflate ([`deflate::OFFER`]) when
+/// `offer_deflate`: if the server accepts, the receive buffer inflates
+/// compressed messages and `Conn::deflate` says what was agreed; the
+/// outcome is noted for the report ([`deflate::note`]).
+pub async fn connect_with(
+    target: &Target,
+    src: Option<IpAddr>,
+    rx_capacity: usize,
+    rng: &mut Rng,
+    offer_deflate: bool,
 ) -> Result<Conn, String> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -102,9 +128,14 @@ pub async fn connect(
     raw_key[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
     raw_key[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
     let key = base64::engine::general_purpose::STANDARD.encode(raw_key);
+    let extensions = if offer_deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n",
         target.path, target.host_header
     );
     stream
@@ -129,16 +160,30 @@ pub async fn connect(
             return Err("upgrade response head larger than 16 KiB".into());
         }
     };
-    check_response(&rx.data()[..head_len], &key)?;
+    let answer = check_response(&rx.data()[..head_len], &key)?;
     rx.consume(head_len);
-    Ok(Conn { stream, rx })
+    let mut agreed = None;
+    if offer_deflate {
+        agreed = deflate::parse_answer(&answer)?;
+        deflate::note(agreed.as_ref());
+        if let Some(a) = &agreed {
+            rx.inflater = Some(Inflater::new(a));
+        }
+    }
+    Ok(Conn {
+        stream,
+        rx,
+        deflate: agreed,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn check_response(head: &[u8], key: &str) -> Result<(), String> {
+/// Checks the 101 response; returns the values of its
+/// `Sec-WebSocket-Extensions` headers, joined with ", " (empty if none).
+fn check_response(head: &[u8], key: &str) -> Result<String, String> {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -151,22 +196,34 @@ fn check_response(head: &[u8], key: &str) -> Result<(), String> {
     digest.update(key.as_bytes());
     digest.update(GUID);
     let expected = base64::engine::general_purpose::STANDARD.encode(digest.finalize());
+    let mut accepted = false;
+    let mut extensions = String::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
-            return if value.trim() == expected {
-                Ok(())
-            } else {
-                Err(format!(
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            if value.trim() != expected {
+                return Err(format!(
                     "wrong Sec-WebSocket-Accept {:?} (expected {expected:?})",
                     value.trim()
-                ))
-            };
+                ));
+            }
+            accepted = true;
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") && !value.trim().is_empty()
+        {
+            if !extensions.is_empty() {
+                extensions.push_str(", ");
+            }
+            extensions.push_str(value.trim());
         }
     }
-    Err("101 response without Sec-WebSocket-Accept".into())
+    if accepted {
+        Ok(extensions)
+    } else {
+        Err("101 response without Sec-WebSocket-Accept".into())
+    }
 }
 
 /// What the server sent, one event per complete message or control frame.
@@ -189,6 +246,14 @@ pub struct RxBuf {
     frag: Vec<u8>,
     in_frag: bool,
     frag_ready: bool,
+    /// Set when permessage-deflate was agreed: messages with RSV1 are
+    /// inflated; without it RSV1 is an error.
+    inflater: Option<Inflater>,
+    /// The message being received (fragments joined) came with RSV1.
+    frag_rsv1: bool,
+    /// Frame bytes (headers included) of the data message being received,
+    /// or of the last one returned.
+    msg_wire: usize,
 }
 
 impl RxBuf {
@@ -201,7 +266,16 @@ impl RxBuf {
             frag: Vec::new(),
             in_frag: false,
             frag_ready: false,
+            inflater: None,
+            frag_rsv1: false,
+            msg_wire: 0,
         }
+    }
+
+    /// Frame bytes on the wire (headers included, all its fragments) of the
+    /// last data message [`RxBuf::next_event`] returned.
+    pub fn last_msg_wire(&self) -> usize {
+        self.msg_wire
     }
 
     /// Free space to read into: compacts, or grows to hold the frame being
@@ -236,9 +310,10 @@ impl RxBuf {
         self.start += n;
     }
 
-    /// One frame from the buffer: (first header byte, payload range), payload
-    /// unmasked in place if the server masked it (it must not, but be lenient).
-    fn frame(&mut self) -> Result<Option<(u8, Range<usize>)>, String> {
+    /// One frame from the buffer: (first header byte, payload range, frame
+    /// length), payload unmasked in place if the server masked it (it must
+    /// not, but be lenient).
+    fn frame(&mut self) -> Result<Option<(u8, Range<usize>, usize)>, String> {
         let d = &mut self.buf[self.start..self.end];
         if d.len() < 2 {
             self.need = 2;
@@ -282,7 +357,7 @@ impl RxBuf {
         self.need = 0;
         let payload = self.start + header..self.start + total;
         self.start += total;
-        Ok(Some((b0, payload)))
+        Ok(Some((b0, payload, total)))
     }
 
     /// The next complete message or control frame, or `None` when more bytes
@@ -293,10 +368,11 @@ impl RxBuf {
             self.frag_ready = false;
         }
         loop {
-            let Some((b0, range)) = self.frame()? else {
+            let Some((b0, range, wire)) = self.frame()? else {
                 return Ok(None);
             };
-            if b0 & 0x70 != 0 {
+            let rsv1 = b0 & RSV1 != 0;
+            if b0 & 0x30 != 0 || (rsv1 && self.inflater.is_none()) {
                 return Err(format!("server frame with RSV bits set (0x{b0:02x})"));
             }
             let fin = b0 & 0x80 != 0;
@@ -304,15 +380,28 @@ impl RxBuf {
                 OP_TEXT | OP_BINARY if self.in_frag => {
                     return Err("new data frame inside a fragmented message".into());
                 }
-                OP_TEXT | OP_BINARY if fin => return Ok(Some(Event::Data(&self.buf[range]))),
+                OP_TEXT | OP_BINARY if fin => {
+                    self.msg_wire = wire;
+                    let payload = &self.buf[range];
+                    return Ok(Some(Event::Data(match &mut self.inflater {
+                        Some(inflater) if rsv1 => inflater.inflate(payload)?,
+                        _ => payload,
+                    })));
+                }
                 OP_TEXT | OP_BINARY => {
+                    self.msg_wire = wire;
                     self.in_frag = true;
+                    self.frag_rsv1 = rsv1;
                     self.frag.extend_from_slice(&self.buf[range]);
                 }
                 OP_CONT if !self.in_frag => {
                     return Err("continuation frame without a message to continue".into());
                 }
+                OP_CONT if rsv1 => {
+                    return Err("continuation frame with RSV1 set".into());
+                }
                 OP_CONT => {
+                    self.msg_wire += wire;
                     self.frag.extend_from_slice(&self.buf[range]);
                     if self.frag.len() as u64 > MAX_FRAME {
                         return Err("fragmented message larger than 64 MiB".into());
@@ -320,8 +409,14 @@ impl RxBuf {
                     if fin {
                         self.in_frag = false;
                         self.frag_ready = true;
-                        return Ok(Some(Event::Data(&self.frag)));
+                        return Ok(Some(Event::Data(match &mut self.inflater {
+                            Some(inflater) if self.frag_rsv1 => inflater.inflate(&self.frag)?,
+                            _ => &self.frag,
+                        })));
                     }
+                }
+                _ if rsv1 => {
+                    return Err(format!("control frame with RSV1 set (0x{b0:02x})"));
                 }
                 OP_CLOSE => {
                     let p = &self.buf[range];
@@ -336,7 +431,8 @@ impl RxBuf {
     }
 }
 
-/// Writes a frame header for a masked client frame of `len` bytes.
+/// Writes a frame header for a masked client frame of `len` bytes
+/// (`opcode` may carry RSV1).
 fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize, key: [u8; 4]) {
     out.push(0x80 | opcode);
     if len < 126 {
@@ -429,7 +525,68 @@ impl Tx {
     }
 }
 
-fn hex8(v: u32) -> [u8; 8] {
+/// What a connection sends and how echoes are checked: the fixed pattern
+/// ([`Tx`]) or messages made per send (`payload::Messages`: JSON payloads,
+/// compression).
+pub trait Source {
+    /// Appends message number `seq` as one masked frame; returns its bytes.
+    fn push(&mut self, out: &mut Vec<u8>, seq: u32) -> usize;
+    /// Whether `payload` (inflated) is message number `seq`, the oldest one
+    /// not yet checked or skipped.
+    fn verify(&mut self, payload: &[u8], seq: u32) -> bool;
+    /// Forgets the oldest message in flight without checking its answer.
+    fn skip(&mut self) {}
+    /// Payload bytes per message.
+    fn size(&self) -> usize;
+    /// The mask key of this connection's control frames.
+    fn key(&self) -> [u8; 4];
+}
+
+impl Source for Tx {
+    fn push(&mut self, out: &mut Vec<u8>, seq: u32) -> usize {
+        Tx::push(self, out, seq);
+        self.frame.len()
+    }
+
+    fn verify(&mut self, payload: &[u8], seq: u32) -> bool {
+        Tx::verify(self, payload, seq)
+    }
+
+    fn size(&self) -> usize {
+        Tx::size(self)
+    }
+
+    fn key(&self) -> [u8; 4] {
+        self.key
+    }
+}
+
+/// Appends a masked data frame carrying `payload` (`first` is the opcode,
+/// with RSV1 when the payload is compressed).
+pub fn push_data(out: &mut Vec<u8>, first: u8, payload: &[u8], key: [u8; 4]) {
+    push_header(out, first, payload.len(), key);
+    let at = out.len();
+    out.extend_from_slice(payload);
+    mask(&mut out[at..], key);
+}
+
+/// XORs `data` with the mask key, 8 bytes at a time.
+fn mask(data: &mut [u8], key: [u8; 4]) {
+    let k = u32::from_ne_bytes(key);
+    let k8 = (u64::from(k) << 32) | u64::from(k);
+    let k8 = k8.to_ne_bytes();
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ u64::from_ne_bytes(k8);
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    let done = data.len() - data.len() % 8;
+    for (i, b) in data[done..].iter_mut().enumerate() {
+        *b ^= key[(done + i) & 3];
+    }
+}
+
+pub fn hex8(v: u32) -> [u8; 8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 8];
     for (i, b) in out.iter_mut().enumerate() {
@@ -507,10 +664,75 @@ mod tests {
     }
 
     #[test]
+    fn inflates_compressed_messages_only_when_agreed() {
+        use crate::deflate::{Deflater, parse_answer};
+        let agreed = parse_answer("permessage-deflate; client_max_window_bits=12")
+            .unwrap()
+            .unwrap();
+        let text = b"{\"user\":\"ana\",\"text\":\"hello there\"}".repeat(30);
+        let mut compressed = Vec::new();
+        Deflater::new(&agreed, 6).compress(&text, &mut compressed);
+        // The server's side: same window and context as the client's here.
+        let mut server = agreed.clone();
+        server.server_bits = agreed.client_bits;
+        let half = compressed.len() / 2;
+        let mut first = server_frame(OP_TEXT, false, &compressed[..half]);
+        first[0] |= RSV1;
+        let mut wire = first;
+        wire.extend(server_frame(OP_CONT, true, &compressed[half..]));
+        wire.extend(server_frame(OP_BINARY, true, b"plain"));
+        let mut rx = RxBuf::new(64);
+        rx.inflater = Some(Inflater::new(&server));
+        let mut seen = Vec::new();
+        for chunk in wire.chunks(5) {
+            feed(&mut rx, chunk);
+            while let Some(ev) = rx.next_event().unwrap() {
+                let Event::Data(d) = ev else { panic!("data") };
+                seen.push(d.to_vec());
+            }
+        }
+        assert_eq!(seen, [text.clone(), b"plain".to_vec()]);
+        assert_eq!(rx.last_msg_wire(), 2 + 5);
+
+        // RSV1 without an agreement is an error.
+        let mut rx = RxBuf::new(64);
+        let mut frame = server_frame(OP_TEXT, true, &compressed);
+        frame[0] |= RSV1;
+        feed(&mut rx, &frame);
+        assert!(rx.next_event().is_err());
+    }
+
+    #[test]
+    fn masks_like_the_byte_loop() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in [0, 1, 7, 8, 9, 31, 100] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut fast = data.clone();
+            mask(&mut fast, key);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i & 3])
+                .collect();
+            assert_eq!(fast, slow, "{len}");
+        }
+    }
+
+    #[test]
     fn accept_key_matches_rfc_example() {
         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(check_response(head, "dGhlIHNhbXBsZSBub25jZQ==").is_ok());
+        assert_eq!(
+            check_response(head, "dGhlIHNhbXBsZSBub25jZQ==").as_deref(),
+            Ok("")
+        );
+        let with_ext = b"HTTP/1.1 101 Switching Protocols\r\n\
+            Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\
+            Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(
+            check_response(with_ext, "dGhlIHNhbXBsZSBub25jZQ==").as_deref(),
+            Ok("permessage-deflate; server_no_context_takeover")
+        );
         assert!(check_response(head, "AAAAAAAAAAAAAAAAAAAAAA==").is_err());
         assert!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", "x").is_err());
     }
