@@ -10,17 +10,16 @@
 //! message, reads every client of the worker, and one compressor, reset per
 //! message, writes for all of them.
 //!
-//! A message is inflated in steps of at most `--max-message-size` bytes of
-//! output in all: past it, inflating stops (the session answers 1009), so
-//! a small compressed message cannot make the worker hold more than the
-//! limit (a decompression bomb).
+//! Inflating stops one byte past `--max-message-size` (the session answers
+//! 1009), so a small compressed message cannot make the worker hold more
+//! than the limit (a decompression bomb).
 
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::frame::frame_header;
+use crate::frame::{frame_header, parse_header};
 
 /// What was agreed with one client: the window the server compresses
 /// with. Copied into its session (a flag).
@@ -277,17 +276,10 @@ impl Deflater {
     /// another: what `Sender`s queue) to `out`, each compressed as
     /// [`Deflater::put_frame`] would.
     pub(crate) fn put_frames(&mut self, mut frames: &[u8], out: &mut BytesMut, agreed: Agreed) {
-        while frames.len() >= 2 {
-            let (header, len) = match frames[1] & 0x7f {
-                126 => (4, usize::from(u16::from_be_bytes([frames[2], frames[3]]))),
-                127 => (
-                    10,
-                    u64::from_be_bytes(frames[2..10].try_into().expect("8 bytes")) as usize,
-                ),
-                n => (2, usize::from(n)),
-            };
+        while !frames.is_empty() {
+            let (opcode, header, len) = parse_header(frames);
             let (frame, rest) = frames.split_at(header + len);
-            self.put_frame(out, frame[0] & 0x0f, &frame[header..], agreed);
+            self.put_frame(out, opcode, &frame[header..], agreed);
             frames = rest;
         }
     }
@@ -296,12 +288,7 @@ impl Deflater {
     /// compressed once for every subscriber that agreed on `agreed`'s
     /// window; `None` if it is not worth it (see [`Deflater::put_frame`]).
     pub(crate) fn compress_frame(&mut self, frame: &[u8], agreed: Agreed) -> Option<Arc<[u8]>> {
-        let opcode = frame[0] & 0x0f;
-        let header = match frame[1] & 0x7f {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
+        let (opcode, header, _) = parse_header(frame);
         let compressed = self.compress(&frame[header..], agreed)?;
         let (mut header, n) = frame_header(opcode, compressed.len());
         header[0] |= RSV1;

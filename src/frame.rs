@@ -28,3 +28,21 @@ pub(crate) fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
         (header, 10)
     }
 }
+
+/// The header of the server frame at the front of `bytes` (as
+/// [`put_frame`] writes it): its opcode, header length and payload length.
+pub(crate) fn parse_header(bytes: &[u8]) -> (u8, usize, usize) {
+    let opcode = bytes[0] & 0x0f;
+    match bytes[1] & 0x7f {
+        126 => (
+            opcode,
+            4,
+            usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+        ),
+        127 => {
+            let len = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+            (opcode, 10, usize::try_from(len).unwrap_or(usize::MAX))
+        }
+        n => (opcode, 2, usize::from(n)),
+    }
+}
