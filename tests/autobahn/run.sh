@@ -36,6 +36,8 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ringws"
 VENV="${AUTOBAHN_VENV:-$CACHE/autobahn-venv}"
 VENV_TOOL="$CACHE/virtualenv-tool"
 OUT="${AUTOBAHN_OUT:-$ROOT/target/autobahn}"
+# wstest runs in each backend's directory: the reports' path must not be relative.
+case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 WORKERS="${RINGWS_WORKERS:-2}"
 read -r -a EXTRA_ARGS <<< "${RINGWS_EXTRA_ARGS:-}"
 
