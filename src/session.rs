@@ -247,6 +247,8 @@ struct Fragmented {
     compressed: bool,
     utf8: Utf8Stream,
     data: Vec<u8>,
+    /// Bytes of the worker's budget charged for `data`: its capacity.
+    charged: usize,
 }
 
 /// What a session is writing: one thing at a time, and nothing is read
@@ -657,7 +659,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             return Ok(());
         }
         let message = self.message.take().expect("joined");
-        worker.budget.release(message.data.len());
+        worker.budget.release(message.charged);
         let inflated = if message.compressed {
             Some(inflate(&worker, &message.data, max)?)
         } else {
@@ -1025,7 +1027,7 @@ impl<S, H: Handler> Drop for Session<S, H> {
             worker.budget.release(self.charged as usize * 1024);
         }
         if let Some(message) = &self.message {
-            worker.budget.release(message.data.len());
+            worker.budget.release(message.charged);
         }
         self.close_mailbox();
     }
@@ -1279,7 +1281,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
 /// Joins a fragment to the message it belongs to (`message`, the
 /// fragmented message in progress), checking the order of fragments, the
 /// total size against `max` and the UTF-8 of text as it arrives (fail-fast);
-/// the bytes joined are charged to the worker's budget. True once the
+/// the buffer holding them is charged to the worker's budget. True once the
 /// message is whole.
 fn join<H: Handler>(
     message: &mut Option<Box<Fragmented>>,
@@ -1297,6 +1299,7 @@ fn join<H: Handler>(
             compressed: frame.rsv1,
             utf8: Utf8Stream::default(),
             data: Vec::new(),
+            charged: 0,
         }));
     }
     let Some(msg) = message.as_mut() else {
@@ -1314,9 +1317,17 @@ fn join<H: Handler>(
     {
         return Err(fail(1007, "text is not valid UTF-8"));
     }
-    if !worker.budget.grow(payload.len()) {
-        worker.metrics.budget_closes.add(1);
-        return Err(fail(1013, "server read buffers are full: try again later"));
+    let need = msg.data.len() + payload.len();
+    if need > msg.data.capacity() {
+        // Doubling (amortized copies), never past the message limit; the
+        // budget is charged for the capacity, which is what memory holds.
+        let cap = need.max(msg.data.capacity() * 2).min(max);
+        if !worker.budget.grow(cap - msg.charged) {
+            worker.metrics.budget_closes.add(1);
+            return Err(fail(1013, "server read buffers are full: try again later"));
+        }
+        msg.charged = cap;
+        msg.data.reserve_exact(cap - msg.data.len());
     }
     msg.data.extend_from_slice(payload);
     Ok(frame.fin)

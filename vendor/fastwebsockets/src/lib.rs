@@ -855,6 +855,33 @@ impl ReadHalf {
     }
   }
 
+  /// Makes room for `want` more bytes (ringws patch): in place if bytes
+  /// already consumed from the front leave it; else a buffer of twice the
+  /// capacity (amortized copies), or, for a frame longer than
+  /// [`READ_AHEAD`], all of `room` (what the caller may hold) once the new
+  /// buffer would be more than an eighth of it. So the buffer follows the
+  /// bytes that arrive (an announced length alone allocates nothing) and a
+  /// large frame's never passes `room`; a smaller frame's may, as before,
+  /// so that the buffer it leaves in the pool holds it again at any offset
+  /// (steady echo does not allocate: `tests/alloc.rs`). `BytesMut::reserve`
+  /// doubles past any bound: an 8 MiB frame and the next header went
+  /// 4 MiB, 8 MiB (28 bytes short), then 16 MiB, twice its charge, and
+  /// every large step left a block behind that the allocator could not
+  /// reuse for the next.
+  fn grow_within(&mut self, want: usize, room: usize) {
+    let len = self.buffer.len();
+    if self.buffer.capacity() - len >= want || self.buffer.try_reclaim(want) {
+      return;
+    }
+    let mut target = (self.buffer.capacity() * 2).max(len + want);
+    if room > READ_AHEAD && target.saturating_mul(8) > room {
+      target = room.max(len + want);
+    }
+    let mut grown = BytesMut::with_capacity(target);
+    grown.extend_from_slice(&self.buffer);
+    self.buffer = grown;
+  }
+
   /// Gives a never-used (or lent-out) buffer upstream's initial 8 KiB.
   fn reserve_for_read(&mut self) {
     if self.buffer.capacity() == 0 {
@@ -960,9 +987,7 @@ impl ReadHalf {
       // bytes that arrive, not with the length a peer announces (upstream
       // reserved the whole announced frame: 16 MiB for a 14-byte header).
       let missing = frame_len - buf.len();
-      self
-        .buffer
-        .reserve((missing + MAX_HEADER_SIZE).min(READ_AHEAD));
+      self.grow_within((missing + MAX_HEADER_SIZE).min(READ_AHEAD), room);
       return Ok(None);
     }
 
