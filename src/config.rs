@@ -132,10 +132,13 @@ pub struct Config {
     #[arg(long, env = "RINGWS_BACKPRESSURE_POLICY", value_enum, default_value_t = BackpressurePolicy::Close)]
     pub backpressure_policy: BackpressurePolicy,
 
-    /// permessage-deflate (RFC 7692): `off`, or `shared` (one compressor
-    /// and one inflater per worker; an idle connection holds nothing of
-    /// zlib's). Off by default: compressing costs CPU per message, which is
-    /// worth it for text-heavy traffic paid by the byte, not for all.
+    /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor and
+    /// one inflater per worker; an idle connection holds nothing of
+    /// zlib's); or `dedicated` (the same, and each connection keeps the
+    /// last 4 KiB it was sent compressed, which the next message may refer
+    /// to: smaller messages for up to 4 KiB per connection). Off by
+    /// default: compressing costs CPU per message, which is worth it for
+    /// text-heavy traffic paid by the byte, not for all.
     #[arg(long, env = "RINGWS_DEFLATE", value_enum, default_value_t = Deflate::Off)]
     pub deflate: Deflate,
 
@@ -214,6 +217,9 @@ pub enum Deflate {
     /// Accept offers; compress each message on its own with the worker's
     /// compressor (no context takeover either way).
     Shared,
+    /// Accept offers; compress with the worker's compressor, keeping each
+    /// connection's context: its last 4 KiB sent compressed.
+    Dedicated,
 }
 
 /// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`

@@ -1,19 +1,34 @@
-//! permessage-deflate (RFC 7692) in shared mode: the offer a client makes
-//! and the answer, and each worker's one compressor and one inflater.
+//! permessage-deflate (RFC 7692): the offer a client makes and the answer,
+//! and each worker's one compressor and one inflater.
 //!
-//! Shared mode holds nothing of zlib's per connection, so an idle
-//! connection costs what it costs without compression. The server answers
-//! every offer it accepts with `server_no_context_takeover` (each message
-//! it sends is compressed on its own) and `client_no_context_takeover` (the
-//! client does the same; RFC 7692 §7.1.1.2 lets a server ask it even when
+//! No connection holds anything of zlib's, so an idle connection costs what
+//! it costs without compression. The server answers every offer it accepts
+//! with `client_no_context_takeover` (each message a client sends is
+//! compressed on its own; RFC 7692 §7.1.1.2 lets a server ask it even when
 //! the offer did not, and browsers honour it), so one inflater, reset per
-//! message, reads every client of the worker, and one compressor, reset per
-//! message, writes for all of them.
+//! message, reads every client of the worker. One compressor, reset per
+//! message, writes for all of them:
+//!
+//! - **shared** mode answers `server_no_context_takeover`: each message the
+//!   server sends stands alone.
+//! - **dedicated** mode keeps the context the client's inflater keeps: a
+//!   connection's window is the last [`WINDOW`] bytes of what it was sent
+//!   compressed (512 with a narrow agreement), and the worker's compressor
+//!   is primed with it (`deflateSetDictionary`) before each message, so a
+//!   message may refer back into earlier ones. A zlib compressor of its own
+//!   per connection would hold 128 KiB with zlib-rs, whose hash table does
+//!   not shrink with `memLevel` (uWebSockets' smallest dedicated compressor,
+//!   C zlib at `memLevel` 1, holds about 9 KB); the window alone is all a
+//!   connection needs to keep. A message sent compressed without it (a
+//!   published one, compressed once for all subscribers) empties the
+//!   window: what follows is compressed as if it were the first.
 //!
 //! Inflating stops one byte past `--max-message-size` (the session answers
 //! 1009), so a small compressed message cannot make the worker hold more
 //! than the limit (a decompression bomb).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -22,13 +37,17 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use crate::frame::{frame_header, parse_header};
 
 /// What was agreed with one client: the window the server compresses
-/// with. Copied into its session (a flag).
+/// with, and whether it keeps context. Copied into its session (flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Agreed {
     /// The client asked for `server_max_window_bits` below 15: the server
     /// compresses with a 512-byte window (9 bits, the smallest zlib's raw
     /// deflate has), which fits any value a client may ask.
     pub narrow: bool,
+    /// Dedicated mode, and the client did not ask
+    /// `server_no_context_takeover`: messages to it may refer back into the
+    /// ones before ([`Deflater`]'s windows).
+    pub takeover: bool,
 }
 
 /// The answer to an accepted offer with the default window.
@@ -36,6 +55,16 @@ const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_
 /// The answer to an accepted offer with `server_max_window_bits`.
 const ANSWER_NARROW: &str = "permessage-deflate; server_no_context_takeover; \
                              client_no_context_takeover; server_max_window_bits=9";
+/// Dedicated mode's answers: the server keeps context.
+const ANSWER_TAKEOVER: &str = "permessage-deflate; client_no_context_takeover";
+const ANSWER_TAKEOVER_NARROW: &str =
+    "permessage-deflate; client_no_context_takeover; server_max_window_bits=9";
+
+/// The window a connection keeps in dedicated mode: the last this many
+/// bytes it was sent compressed, which the next message may refer to.
+pub(crate) const WINDOW: usize = 4096;
+/// The window with a narrow agreement (9 bits).
+const WINDOW_NARROW: usize = 1 << NARROW_BITS;
 
 /// Messages shorter than this are sent uncompressed: deflate saves a few
 /// bytes of a short message at the cost of a compressor reset and a call.
@@ -49,29 +78,39 @@ const NARROW_BITS: u8 = 9;
 const LEVEL: u32 = 1;
 
 /// Chooses the first acceptable permessage-deflate offer among the values
-/// of the request's `Sec-WebSocket-Extensions` headers. An offer with an
-/// unknown, repeated or malformed parameter is declined, and the next one
-/// tried; none acceptable means no compression, never a failed handshake.
-/// Returns the agreement and the header value to answer with.
+/// of the request's `Sec-WebSocket-Extensions` headers, for shared mode or,
+/// with `dedicated`, dedicated mode (which keeps context unless the offer
+/// says `server_no_context_takeover`). An offer with an unknown, repeated
+/// or malformed parameter is declined, and the next one tried; none
+/// acceptable means no compression, never a failed handshake. Returns the
+/// agreement and the header value to answer with.
 pub(crate) fn negotiate<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
+    dedicated: bool,
 ) -> Option<(Agreed, &'static str)> {
     for value in values {
         let Ok(value) = std::str::from_utf8(value) else {
             continue;
         };
         for offer in value.split(',') {
-            if let Some(agreed) = accept(offer) {
-                let answer = if agreed.narrow { ANSWER_NARROW } else { ANSWER };
-                return Some((agreed, answer));
+            if let Some((narrow, no_takeover)) = accept(offer) {
+                let takeover = dedicated && !no_takeover;
+                let answer = match (takeover, narrow) {
+                    (false, false) => ANSWER,
+                    (false, true) => ANSWER_NARROW,
+                    (true, false) => ANSWER_TAKEOVER,
+                    (true, true) => ANSWER_TAKEOVER_NARROW,
+                };
+                return Some((Agreed { narrow, takeover }, answer));
             }
         }
     }
     None
 }
 
-/// One offer (`permessage-deflate; param[=value]; ...`), if acceptable.
-fn accept(offer: &str) -> Option<Agreed> {
+/// One offer (`permessage-deflate; param[=value]; ...`), if acceptable:
+/// whether it asks a narrow window, and `server_no_context_takeover`.
+fn accept(offer: &str) -> Option<(bool, bool)> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
         return None;
@@ -102,7 +141,7 @@ fn accept(offer: &str) -> Option<Agreed> {
             return None;
         }
     }
-    Some(Agreed { narrow })
+    Some((narrow, seen[0]))
 }
 
 /// A parameter value, without the quotes a quoted-string may have.
@@ -235,33 +274,68 @@ impl Inflater {
     }
 }
 
+/// How one connection's messages are compressed: its worker's compressor,
+/// what was agreed, and the session (whose window dedicated mode keeps).
+#[derive(Clone, Copy)]
+pub(crate) struct Codec<'a> {
+    pub deflater: &'a RefCell<Deflater>,
+    pub agreed: Agreed,
+    pub key: usize,
+}
+
+/// Appends `payload` as one message frame to `out`: through `codec` if the
+/// connection negotiated permessage-deflate ([`Deflater::put_frame`]),
+/// else as it is.
+pub(crate) fn put_message(
+    codec: Option<Codec<'_>>,
+    out: &mut BytesMut,
+    opcode: u8,
+    payload: &[u8],
+) {
+    match codec {
+        Some(c) => c
+            .deflater
+            .borrow_mut()
+            .put_frame(out, opcode, payload, c.agreed, c.key),
+        None => crate::frame::put_frame(out, opcode, payload),
+    }
+}
+
 /// A worker's compressors (one per window size in use), reset per
-/// message, and the buffer they compress into.
+/// message, the buffer they compress into, and, in dedicated mode, each
+/// connection's window.
 #[derive(Default)]
 pub(crate) struct Deflater {
     wide: Option<Compress>,
     narrow: Option<Compress>,
     buf: Vec<u8>,
+    /// Dedicated mode: per session key, the last bytes that session was
+    /// sent compressed, oldest first (at most [`WINDOW`], or
+    /// [`WINDOW_NARROW`]): the end of its client's window.
+    windows: HashMap<usize, Vec<u8>>,
 }
 
 impl std::fmt::Debug for Deflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deflater").finish_non_exhaustive()
+        f.debug_struct("Deflater")
+            .field("windows", &self.windows.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Deflater {
     /// Appends `payload` as one message frame to `out`: compressed (RSV1
     /// set) if it is at least [`COMPRESS_MIN`] bytes and compresses to
-    /// fewer bytes, else as it is.
+    /// fewer bytes, else as it is. `key`: the session it is for.
     pub(crate) fn put_frame(
         &mut self,
         out: &mut BytesMut,
         opcode: u8,
         payload: &[u8],
         agreed: Agreed,
+        key: usize,
     ) {
-        let Some(compressed) = self.compress(payload, agreed) else {
+        let Some(compressed) = self.compress(payload, agreed, Some(key)) else {
             crate::frame::put_frame(out, opcode, payload);
             return;
         };
@@ -275,29 +349,61 @@ impl Deflater {
     /// Appends the frames in `frames` (unmasked, unfragmented, one after
     /// another: what `Sender`s queue) to `out`, each compressed as
     /// [`Deflater::put_frame`] would.
-    pub(crate) fn put_frames(&mut self, mut frames: &[u8], out: &mut BytesMut, agreed: Agreed) {
+    pub(crate) fn put_frames(
+        &mut self,
+        mut frames: &[u8],
+        out: &mut BytesMut,
+        agreed: Agreed,
+        key: usize,
+    ) {
         while !frames.is_empty() {
             let (opcode, header, len) = parse_header(frames);
             let (frame, rest) = frames.split_at(header + len);
-            self.put_frame(out, opcode, &frame[header..], agreed);
+            self.put_frame(out, opcode, &frame[header..], agreed, key);
             frames = rest;
         }
     }
 
     /// A published frame (unmasked, unfragmented: `crate::frame`),
-    /// compressed once for every subscriber that agreed on `agreed`'s
-    /// window; `None` if it is not worth it (see [`Deflater::put_frame`]).
+    /// compressed on its own once for every subscriber that agreed on
+    /// `agreed`'s window; `None` if it is not worth it (see
+    /// [`Deflater::put_frame`]). A subscriber that keeps context must
+    /// [`Deflater::forget`] its window before it is sent this.
     pub(crate) fn compress_frame(&mut self, frame: &[u8], agreed: Agreed) -> Option<Arc<[u8]>> {
         let (opcode, header, _) = parse_header(frame);
-        let compressed = self.compress(&frame[header..], agreed)?;
+        let compressed = self.compress(&frame[header..], agreed, None)?;
         let (mut header, n) = frame_header(opcode, compressed.len());
         header[0] |= RSV1;
         Some(header[..n].iter().chain(compressed).copied().collect())
     }
 
-    /// `payload` compressed on its own, without the sync-flush tail, if it
-    /// is at least [`COMPRESS_MIN`] bytes and shrinks.
-    fn compress(&mut self, payload: &[u8], agreed: Agreed) -> Option<&[u8]> {
+    /// Session `key` was sent `payload` compressed other than through this
+    /// deflater (its own compressed message, echoed as it came): `payload`
+    /// is now the end of its client's window.
+    pub(crate) fn remember(&mut self, key: usize, agreed: Agreed, payload: &[u8]) {
+        if agreed.takeover {
+            remember(&mut self.windows, key, agreed, payload);
+        }
+    }
+
+    /// Session `key` is about to be sent messages compressed without its
+    /// window: what follows is compressed as if it were the first (the
+    /// window's allocation is kept).
+    pub(crate) fn forget(&mut self, key: usize) {
+        if let Some(window) = self.windows.get_mut(&key) {
+            window.clear();
+        }
+    }
+
+    /// Session `key` is over: its window goes.
+    pub(crate) fn end(&mut self, key: usize) {
+        self.windows.remove(&key);
+    }
+
+    /// `payload` compressed, without the sync-flush tail, if it is at least
+    /// [`COMPRESS_MIN`] bytes and shrinks: on its own, or, for session `key`
+    /// if it keeps context, after its window (which it then ends).
+    fn compress(&mut self, payload: &[u8], agreed: Agreed, key: Option<usize>) -> Option<&[u8]> {
         if payload.len() < COMPRESS_MIN {
             return None;
         }
@@ -314,6 +420,13 @@ impl Deflater {
             })
         };
         zlib.reset();
+        let key = key.filter(|_| agreed.takeover);
+        if let Some(window) = key.and_then(|key| self.windows.get(&key))
+            && !window.is_empty()
+        {
+            zlib.set_dictionary(window)
+                .expect("a dictionary right after a reset is accepted");
+        }
         let buf = &mut self.buf;
         buf.clear();
         let mut input = payload;
@@ -329,7 +442,29 @@ impl Deflater {
             }
         }
         let compressed = buf.strip_suffix(&TAIL).unwrap_or(buf);
-        (compressed.len() < payload.len()).then_some(compressed)
+        if compressed.len() >= payload.len() {
+            return None;
+        }
+        if let Some(key) = key {
+            remember(&mut self.windows, key, agreed, payload);
+        }
+        Some(compressed)
+    }
+}
+
+/// Ends session `key`'s window with `payload`.
+fn remember(windows: &mut HashMap<usize, Vec<u8>>, key: usize, agreed: Agreed, payload: &[u8]) {
+    let size = if agreed.narrow { WINDOW_NARROW } else { WINDOW };
+    let window = windows
+        .entry(key)
+        .or_insert_with(|| Vec::with_capacity(size));
+    if payload.len() >= size {
+        window.clear();
+        window.extend_from_slice(&payload[payload.len() - size..]);
+    } else {
+        let keep = window.len().min(size - payload.len());
+        window.drain(..window.len() - keep);
+        window.extend_from_slice(payload);
     }
 }
 
@@ -342,7 +477,14 @@ mod tests {
     use super::*;
 
     fn offer(value: &str) -> Option<(Agreed, &'static str)> {
-        negotiate([value.as_bytes()])
+        negotiate([value.as_bytes()], false)
+    }
+
+    fn shared(narrow: bool) -> Agreed {
+        Agreed {
+            narrow,
+            takeover: false,
+        }
     }
 
     #[test]
@@ -371,6 +513,117 @@ mod tests {
     }
 
     #[test]
+    fn dedicated_mode_keeps_context_unless_the_client_forbids_it() {
+        let dedicated = |value: &str| negotiate([value.as_bytes()], true).unwrap();
+        let (agreed, answer) = dedicated("permessage-deflate; client_max_window_bits");
+        assert!(agreed.takeover && !agreed.narrow);
+        assert_eq!(answer, "permessage-deflate; client_no_context_takeover");
+        let (agreed, answer) =
+            dedicated("permessage-deflate; server_max_window_bits=12; client_max_window_bits=12");
+        assert!(agreed.takeover && agreed.narrow);
+        assert_eq!(answer, ANSWER_TAKEOVER_NARROW);
+        let (agreed, answer) = dedicated("permessage-deflate; server_no_context_takeover");
+        assert!(!agreed.takeover);
+        assert_eq!(
+            answer, ANSWER,
+            "the offer's server_no_context_takeover is honoured"
+        );
+    }
+
+    /// A chat-like message: repeated field names, a few varying values.
+    fn chat(i: usize) -> Vec<u8> {
+        let words = [
+            "deploy", "the", "pod", "is", "ready", "scale", "down", "now", "ok",
+        ];
+        let text: Vec<&str> = (0..60)
+            .map(|k| words[(i * 7 + k * k) % words.len()])
+            .collect();
+        format!(
+            "{{\"seq\":{i},\"room\":\"ops\",\"user\":\"user-{}\",\"text\":\"{}\"}}",
+            i % 5,
+            text.join(" ")
+        )
+        .into_bytes()
+    }
+
+    /// The payload of the one frame in `out`, inflated by `client`, which
+    /// keeps its window from message to message as a browser does.
+    fn client_reads(client: &mut Decompress, out: &[u8]) -> Vec<u8> {
+        let (opcode, header, len) = parse_header(out);
+        assert_eq!(header + len, out.len(), "one frame");
+        let payload = &out[header..];
+        if out[0] & RSV1 == 0 {
+            assert!(opcode == 0x1 || opcode == 0x2);
+            return payload.to_vec();
+        }
+        let input: Vec<u8> = payload.iter().chain(&TAIL).copied().collect();
+        let mut got = Vec::with_capacity(64 << 10);
+        let before = client.total_in();
+        client
+            .decompress_vec(&input, &mut got, FlushDecompress::Sync)
+            .expect("valid deflate for a client that keeps context");
+        assert_eq!((client.total_in() - before) as usize, input.len());
+        got
+    }
+
+    #[test]
+    fn dedicated_messages_refer_back_and_a_context_keeping_client_reads_them() {
+        for narrow in [false, true] {
+            let bits = if narrow { NARROW_BITS } else { 15 };
+            let kept = Agreed {
+                narrow,
+                takeover: true,
+            };
+            let mut d = Deflater::default();
+            let mut other = Deflater::default();
+            let mut client = Decompress::new_with_window_bits(false, bits);
+            let (mut with, mut without) = (0, 0);
+            for i in 0..300 {
+                let msg = chat(i);
+                let mut out = BytesMut::new();
+                match i % 10 {
+                    // Published: compressed once, on its own; the
+                    // subscriber forgets its window before it is sent.
+                    3 => {
+                        let mut plain = BytesMut::new();
+                        crate::frame::put_frame(&mut plain, 0x1, &msg);
+                        let frame = d.compress_frame(&plain, kept).expect("compresses");
+                        d.forget(7);
+                        out.extend_from_slice(&frame);
+                    }
+                    // The client's own message, compressed on its own,
+                    // echoed as it came.
+                    6 => {
+                        other.put_frame(&mut out, 0x1, &msg, shared(narrow), 0);
+                        d.remember(7, kept, &msg);
+                    }
+                    // Short: sent plain, which the client's window never sees.
+                    8 => {
+                        d.put_frame(&mut out, 0x1, &msg[..100], kept, 7);
+                        assert_eq!(client_reads(&mut client, &out), &msg[..100]);
+                        continue;
+                    }
+                    _ => {
+                        d.put_frame(&mut out, 0x1, &msg, kept, 7);
+                        with += out.len();
+                        let mut alone = BytesMut::new();
+                        other.put_frame(&mut alone, 0x1, &msg, shared(narrow), 0);
+                        without += alone.len();
+                    }
+                }
+                assert_eq!(client_reads(&mut client, &out), msg, "message {i}");
+            }
+            assert!(
+                with * 10 < without * 9,
+                "narrow {narrow}: {with} B with the window, {without} B without"
+            );
+            assert!(d.windows[&7].len() <= if narrow { WINDOW_NARROW } else { WINDOW });
+            d.end(7);
+            assert!(d.windows.is_empty());
+        }
+    }
+
+    #[test]
     fn malformed_or_unknown_offers_are_declined() {
         for value in [
             "",
@@ -386,7 +639,7 @@ mod tests {
         ] {
             assert_eq!(offer(value), None, "{value:?}");
         }
-        assert_eq!(negotiate([&b"\xff"[..]]), None);
+        assert_eq!(negotiate([&b"\xff"[..]], false), None);
     }
 
     #[test]
@@ -394,7 +647,7 @@ mod tests {
         let text = "{\"user\":\"ana\",\"text\":\"hello hello hello hello\"} ".repeat(40);
         for narrow in [false, true] {
             let mut out = BytesMut::new();
-            Deflater::default().put_frame(&mut out, 0x1, text.as_bytes(), Agreed { narrow });
+            Deflater::default().put_frame(&mut out, 0x1, text.as_bytes(), shared(narrow), 0);
             assert_eq!(out[0], 0x80 | RSV1 | 0x1);
             let (len, header) = match out[1] {
                 126 => (u16::from_be_bytes([out[2], out[3]]) as usize, 4),
@@ -414,7 +667,7 @@ mod tests {
     fn short_or_incompressible_messages_go_as_they_are() {
         let mut d = Deflater::default();
         let mut out = BytesMut::new();
-        d.put_frame(&mut out, 0x2, b"short", Agreed { narrow: false });
+        d.put_frame(&mut out, 0x2, b"short", shared(false), 0);
         assert_eq!(&out[..], b"\x82\x05short");
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let noise: Vec<u8> = (0..4096)
@@ -426,7 +679,7 @@ mod tests {
             })
             .collect();
         out.clear();
-        d.put_frame(&mut out, 0x2, &noise, Agreed { narrow: false });
+        d.put_frame(&mut out, 0x2, &noise, shared(false), 0);
         assert_eq!(out[0], 0x82, "no RSV1");
         assert_eq!(&out[4..], &noise[..]);
     }
@@ -435,7 +688,7 @@ mod tests {
     fn a_bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 4 << 20];
         let mut out = BytesMut::new();
-        Deflater::default().put_frame(&mut out, 0x2, &zeros, Agreed { narrow: false });
+        Deflater::default().put_frame(&mut out, 0x2, &zeros, shared(false), 0);
         let payload = &out[4..];
         assert!(payload.len() < 65_536, "a 4-byte header: {}", payload.len());
         let mut inflater = Inflater::default();
@@ -453,7 +706,7 @@ mod tests {
         );
         // Reset per message: a valid one after the failures.
         let mut out = BytesMut::new();
-        Deflater::default().put_frame(&mut out, 0x1, &[b'a'; 300], Agreed { narrow: false });
+        Deflater::default().put_frame(&mut out, 0x1, &[b'a'; 300], shared(false), 0);
         assert_eq!(inflater.inflate(&out[2..], 300).unwrap(), vec![b'a'; 300]);
     }
 }

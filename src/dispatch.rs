@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::context::{SessionSlot, Worker};
-use crate::deflate::Agreed;
+use crate::deflate::{Agreed, Codec};
 use crate::handler::{Conn, Handler, Mailbox, Membership, Message, Requests};
 use crate::io::Stream;
 
@@ -54,7 +54,11 @@ pub(crate) fn call<S: Stream, H: Handler>(
             sessions: &worker.sessions,
             key: slot.key(),
             limits: worker.backpressure,
-            deflate: link.deflate.map(|agreed| (&*worker.deflater, agreed)),
+            deflate: link.deflate.map(|agreed| Codec {
+                deflater: &worker.deflater,
+                agreed,
+                key: slot.key(),
+            }),
         },
         requests,
     );

@@ -43,7 +43,6 @@
 //! ```
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,7 +52,7 @@ use std::task::Waker;
 use bytes::BytesMut;
 use hyper::header::HeaderMap;
 
-use crate::deflate::{Agreed, Deflater};
+use crate::deflate::{Codec, put_message};
 use crate::frame::put_frame;
 use crate::pubsub::{self, Hub, LocalTopics, Publisher};
 use crate::sessions::LocalSessions;
@@ -346,7 +345,7 @@ pub(crate) struct Membership<'a> {
     pub limits: Backpressure,
     /// The worker's compressor, if the connection negotiated
     /// permessage-deflate: what the callback sends is compressed.
-    pub deflate: Option<(&'a RefCell<Deflater>, Agreed)>,
+    pub deflate: Option<Codec<'a>>,
 }
 
 /// A connection, as a handler's callback sees it: its state, and the ways
@@ -460,7 +459,7 @@ impl<'a, S> Conn<'a, S> {
         let m = self.membership;
         let new = m
             .topics
-            .subscribe(m.key, m.deflate.map(|(_, agreed)| agreed), topic);
+            .subscribe(m.key, m.deflate.map(|c| c.agreed), topic);
         self.requests.subscribed |= new;
         new
     }
@@ -555,14 +554,7 @@ impl<'a, S> Conn<'a, S> {
     /// Frames a message into the callback's output, compressed where the
     /// connection negotiated it and the message is worth it.
     fn put(&mut self, opcode: u8, payload: &[u8]) {
-        match self.membership.deflate {
-            Some((deflater, agreed)) => {
-                deflater
-                    .borrow_mut()
-                    .put_frame(self.out, opcode, payload, agreed);
-            }
-            None => put_frame(self.out, opcode, payload),
-        }
+        put_message(self.membership.deflate, self.out, opcode, payload);
     }
 }
 

@@ -508,11 +508,12 @@ fn websocket<H: Handler>(
     }
     let deflate = match shared.config.deflate {
         Deflate::Off => None,
-        Deflate::Shared => deflate::negotiate(
+        mode => deflate::negotiate(
             req.headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
                 .map(HeaderValue::as_bytes),
+            mode == Deflate::Dedicated,
         ),
     };
     *slot.borrow_mut() = Some((

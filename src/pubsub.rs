@@ -1060,8 +1060,14 @@ mod tests {
         let sessions = LocalSessions::default();
         let pool = BufferPool::default();
         let (keys, _) = parked(&sessions, 5);
-        let wide = Some(Agreed { narrow: false });
-        let narrow = Some(Agreed { narrow: true });
+        let wide = Some(Agreed {
+            narrow: false,
+            takeover: false,
+        });
+        let narrow = Some(Agreed {
+            narrow: true,
+            takeover: false,
+        });
         for (&key, codec) in keys.iter().zip([None, wide, wide, narrow, narrow]) {
             topics.subscribe(key, codec, "t");
         }

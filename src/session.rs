@@ -57,7 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sessions::Tick;
 
 use crate::context::{SessionSlot, Worker};
-use crate::deflate::{Agreed, InflateError, RSV1};
+use crate::deflate::{Agreed, Codec, InflateError, RSV1, put_message};
 use crate::dispatch::{Link, call, guard};
 use crate::handler::{Handler, Mailbox, Message, Requests};
 use crate::io::Stream;
@@ -163,6 +163,9 @@ impl Flags {
     const DEFLATE: u16 = 2048;
     /// ... with a narrow window for what the server compresses.
     const DEFLATE_NARROW: u16 = 4096;
+    /// ... keeping context: the session has a window in its worker's
+    /// deflater (`crate::deflate`).
+    const DEFLATE_TAKEOVER: u16 = 8192;
 
     fn has(self, flag: u16) -> bool {
         self.0 & flag != 0
@@ -430,6 +433,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             ws.set_rsv1_allowed(true);
             flags.set(Flags::DEFLATE, true);
             flags.set(Flags::DEFLATE_NARROW, agreed.narrow);
+            flags.set(Flags::DEFLATE_TAKEOVER, agreed.takeover);
         }
         // Pings and closes are answered here, so that reading a frame never
         // writes and can stop at any point (drain, idle ticks).
@@ -463,6 +467,17 @@ impl<S: Stream, H: Handler> Session<S, H> {
     fn deflate(&self) -> Option<Agreed> {
         self.flags.has(Flags::DEFLATE).then(|| Agreed {
             narrow: self.flags.has(Flags::DEFLATE_NARROW),
+            takeover: self.flags.has(Flags::DEFLATE_TAKEOVER),
+        })
+    }
+
+    /// How this session's messages are framed: compressed through its
+    /// worker's deflater, if negotiated.
+    fn codec<'w>(&self, worker: &'w Worker<H>) -> Option<Codec<'w>> {
+        self.deflate().map(|agreed| Codec {
+            deflater: &worker.deflater,
+            agreed,
+            key: self.slot.key(),
         })
     }
 
@@ -610,6 +625,10 @@ impl<S: Stream, H: Handler> Session<S, H> {
                     let out = Outgoing::reply(ws, frame, true, frame.opcode);
                     ws.read_buffer_mut()[frame.reply_range().start] |= RSV1;
                     self.out = Some(out);
+                    if let Some(agreed) = self.deflate() {
+                        let key = self.slot.key();
+                        worker.deflater.borrow_mut().remember(key, agreed, &data);
+                    }
                 }
                 (requests, sent)
             });
@@ -638,13 +657,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
     fn put_reply(&self, worker: &Worker<H>, sent: &mut Option<BytesMut>, text: bool, data: &[u8]) {
         let buf = sent.get_or_insert_with(|| worker.buffers.take());
         let opcode = if text { 0x1 } else { 0x2 };
-        match self.deflate() {
-            Some(agreed) => worker
-                .deflater
-                .borrow_mut()
-                .put_frame(buf, opcode, data, agreed),
-            None => crate::frame::put_frame(buf, opcode, data),
-        }
+        put_message(self.codec(worker), buf, opcode, data);
     }
 
     /// A fragment: joined to its message, which goes to the handler once
@@ -704,7 +717,7 @@ impl<S: Stream, H: Handler> Session<S, H> {
             worker
                 .deflater
                 .borrow_mut()
-                .put_frames(&mail.bytes, &mut out, agreed);
+                .put_frames(&mail.bytes, &mut out, agreed, self.slot.key());
             mailbox.written(mail.bytes.len() - out.len().min(mail.bytes.len()));
             let mut bytes = mail.bytes;
             bytes.clear();
@@ -726,6 +739,11 @@ impl<S: Stream, H: Handler> Session<S, H> {
             m.backpressure_closes.add(1);
             return Err(fail(1008, "outgoing queue over --max-backpressure"));
         };
+        if taken.is_some() && self.flags.has(Flags::DEFLATE_TAKEOVER) {
+            // Published messages are compressed once for every subscriber,
+            // each on its own: after them, the window is not what it was.
+            worker.deflater.borrow_mut().forget(self.slot.key());
+        }
         self.out = taken.map(|taken| {
             Outgoing::new(match taken {
                 Taken::Copied(buf, frames) => {
@@ -1028,6 +1046,9 @@ impl<S, H: Handler> Drop for Session<S, H> {
         }
         if let Some(message) = &self.message {
             worker.budget.release(message.charged);
+        }
+        if self.flags.has(Flags::DEFLATE_TAKEOVER) {
+            worker.deflater.borrow_mut().end(self.slot.key());
         }
         self.close_mailbox();
     }

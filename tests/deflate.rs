@@ -1,7 +1,8 @@
-//! permessage-deflate (`--deflate shared`) on both backends, with frames
-//! compressed and inflated here as a client does: negotiation, compressed
-//! messages in one frame and in fragments, what a handler sends, the
-//! decompression bomb (1009) and the protocol errors (1002, 1007).
+//! permessage-deflate (`--deflate shared` and `dedicated`) on both
+//! backends, with frames compressed and inflated here as a client does:
+//! negotiation, compressed messages in one frame and in fragments, what a
+//! handler sends, context kept in dedicated mode, the decompression bomb
+//! (1009) and the protocol errors (1002, 1007).
 
 mod common;
 
@@ -232,6 +233,114 @@ async fn compressed_messages_round_trip() {
         let (rsv1, _, got) = read_message(&mut s, 10).await;
         assert!(rsv1);
         assert_eq!(got, text.as_bytes(), "{io:?}");
+        server.shutdown().unwrap();
+    }
+}
+
+/// Inflates `payload` with `client`'s inflater, which keeps its window
+/// from message to message (a client with context takeover).
+fn inflate_kept(client: &mut Decompress, payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    let before = client.total_in();
+    client
+        .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .expect("valid for a client that keeps its window");
+    assert_eq!((client.total_in() - before) as usize, input.len());
+    out
+}
+
+/// Reads a message as a client with context takeover: (RSV1, the bytes on
+/// the wire, the message).
+async fn read_kept(s: &mut TcpStream, client: &mut Decompress) -> (bool, usize, Vec<u8>) {
+    let (rsv1, opcode, payload) = read(s).await;
+    assert_eq!(opcode, 1);
+    let wire = payload.len();
+    let message = if rsv1 {
+        inflate_kept(client, &payload)
+    } else {
+        payload
+    };
+    (rsv1, wire, message)
+}
+
+#[tokio::test]
+async fn dedicated_mode_keeps_context_across_every_way_a_message_is_sent() {
+    for io in BACKENDS {
+        let server = server(io, Deflate::Dedicated, |_| {});
+        let (mut publisher, _) = connect(&server, "x-none").await;
+        for (offer, bits) in [
+            ("permessage-deflate; client_max_window_bits", 15),
+            ("permessage-deflate; server_max_window_bits=10", 10),
+        ] {
+            let (mut s, answer) = connect(&server, offer).await;
+            let answer = answer.expect("accepted");
+            assert!(!answer.contains("server_no_context_takeover"), "{answer}");
+            let mut client = Decompress::new_with_window_bits(false, bits);
+            s.write_all(&masked(true, 1, b"sub")).await.unwrap();
+            assert_eq!(read(&mut s).await, (false, 1, b"subscribed".to_vec()));
+            for round in 0..4 {
+                let what = format!("{io:?} {offer} round {round}");
+                // From the handler: the second copy of a message refers
+                // back to the first.
+                let mut wire = Vec::new();
+                for _ in 0..2 {
+                    s.write_all(&masked(true, 1, b"json 2000")).await.unwrap();
+                    let (rsv1, n, got) = read_kept(&mut s, &mut client).await;
+                    assert!(rsv1, "{what}");
+                    assert_eq!(got, json(2000).as_bytes(), "{what}");
+                    wire.push(n);
+                }
+                // (64 and 42 bytes: the array repeats itself, so the first
+                // copy is small already; in later rounds both refer back.)
+                if bits == 15 && round == 0 {
+                    assert!(wire[1] < wire[0], "{what}: {wire:?} bytes");
+                }
+                // Through a Sender, from another thread.
+                s.write_all(&masked(true, 1, b"later 900")).await.unwrap();
+                let (_, _, got) = read_kept(&mut s, &mut client).await;
+                assert_eq!(got, json(900).as_bytes(), "{what}");
+                assert_eq!(read(&mut s).await, (false, 1, b"done".to_vec()), "{what}");
+                // Published: compressed once, on its own.
+                publisher
+                    .write_all(&masked(true, 1, b"pub 700"))
+                    .await
+                    .unwrap();
+                let (rsv1, _, got) = read_kept(&mut s, &mut client).await;
+                assert!(rsv1, "{what}");
+                assert_eq!(got, json(700).as_bytes(), "{what}");
+                // Its own compressed message, echoed (in place when the
+                // window is wide, compressed again when narrow).
+                let text = json(3000 + round);
+                s.write_all(&compressed(true, 1, &deflate(text.as_bytes(), 15)))
+                    .await
+                    .unwrap();
+                let (_, _, got) = read_kept(&mut s, &mut client).await;
+                assert_eq!(got, text.as_bytes(), "{what}");
+                // In fragments, then a short one, sent plain.
+                let sent = deflate(text.as_bytes(), 15);
+                let (a, b) = sent.split_at(sent.len() / 2);
+                s.write_all(&compressed(false, 1, a)).await.unwrap();
+                s.write_all(&masked(true, 0, b)).await.unwrap();
+                let (_, _, got) = read_kept(&mut s, &mut client).await;
+                assert_eq!(got, text.as_bytes(), "{what}");
+                s.write_all(&masked(true, 1, b"json 60")).await.unwrap();
+                let (rsv1, _, got) = read_kept(&mut s, &mut client).await;
+                assert!(!rsv1, "{what}");
+                assert_eq!(got, json(60).as_bytes(), "{what}");
+            }
+        }
+        // The client may forbid it: then the server's messages stand alone.
+        let (mut s, answer) =
+            connect(&server, "permessage-deflate; server_no_context_takeover").await;
+        assert_eq!(answer.as_deref(), Some(ANSWER));
+        for _ in 0..2 {
+            s.write_all(&masked(true, 1, b"json 2000")).await.unwrap();
+            let (rsv1, _, got) = read_message(&mut s, 15).await;
+            assert!(rsv1);
+            assert_eq!(got, json(2000).as_bytes(), "{io:?}");
+        }
         server.shutdown().unwrap();
     }
 }

@@ -308,7 +308,8 @@ for backend in $BACKENDS; do
     run_check "[$backend] python" 120 "$PY" "$HERE/ws_client.py" suite "$backend" "$url"
 
     # permessage-deflate: Chromium's default offer and Python websockets' offers
-    # (with and without context takeover) against --deflate shared.
+    # (with and without context takeover) against --deflate shared, then
+    # --deflate dedicated.
     main_pid="$RPID"
     dport="$(free_port)"
     if start_ringws "$backend" "$dport" "$OUT/ringws-$backend-deflate.log" "$RINGWS_BIN" --deflate shared; then
@@ -318,6 +319,20 @@ for backend in $BACKENDS; do
         run_check "[$backend deflate] python" 120 "$PY" "$HERE/ws_client.py" deflate "$backend deflate" "$durl"
     else
         fail "[$backend] ringws --deflate shared did not answer /healthz"
+    fi
+    kill_pids "$RPID"
+    forget_pid "$RPID"
+
+    # The same against --deflate dedicated: the server keeps context, and
+    # with a narrow window offered compresses every echo itself.
+    dport="$(free_port)"
+    if start_ringws "$backend" "$dport" "$OUT/ringws-$backend-dedicated.log" "$RINGWS_BIN" --deflate dedicated; then
+        durl="ws://127.0.0.1:$dport/ws"
+        run_check "[$backend dedicated] browser" 120 node "$HERE/browser.js" "$durl" \
+            "$OUT/browser-$backend-dedicated.png" "$backend dedicated" deflate
+        run_check "[$backend dedicated] python" 120 "$PY" "$HERE/ws_client.py" deflate-dedicated "$backend dedicated" "$durl"
+    else
+        fail "[$backend] ringws --deflate dedicated did not answer /healthz"
     fi
     kill_pids "$RPID"
     forget_pid "$RPID"

@@ -7,6 +7,13 @@ usage:
                                    accepted (with and without the client's own
                                    client_no_context_takeover), JSON and binary
                                    echo through compression both ways
+  ws_client.py deflate-dedicated LABEL URL
+                                   the same against `--deflate dedicated`: the
+                                   server keeps context (no
+                                   server_no_context_takeover in its answer),
+                                   also with a 12-bit server window offered (the
+                                   server then compresses every echo itself,
+                                   referring back into earlier messages)
   ws_client.py drain LABEL [NAME=]URL...
                                    connect to every URL, print READY, then expect
                                    the server to close each with 1001 (SIGTERM
@@ -181,23 +188,30 @@ async def drain(label, urls):
         await step(label, "SIGTERM drain -> close 1001 (%s)" % name, wait_one(ws, echo_ok))
 
 
-async def deflate(label, url):
+async def deflate(label, url, dedicated=False):
     import json
     from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-    for takeover in (True, False):
-        name = "with" if takeover else "without"
+    offers = [(True, None), (False, None)]
+    if dedicated:
+        offers.append((True, 12))
+    for (takeover, server_bits) in offers:
+        name = ("with" if takeover else "without") + " context takeover"
+        if server_bits:
+            name += ", server_max_window_bits=%d" % server_bits
         factory = ClientPerMessageDeflateFactory(
-            client_no_context_takeover=not takeover, client_max_window_bits=True)
+            client_no_context_takeover=not takeover, client_max_window_bits=True,
+            server_max_window_bits=server_bits)
         async with connect(url, extensions=[factory], compression=None, max_size=4 << 20,
                            open_timeout=10, close_timeout=5) as ws:
             async def handshake():
                 ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
                 offered = ws.request.headers.get("Sec-WebSocket-Extensions")
                 active = [type(e).__name__ for e in ws.protocol.extensions]
+                server_keeps = "server_no_context_takeover" not in ext
                 return ("permessage-deflate" in ext and "client_no_context_takeover" in ext
-                        and active == ["PerMessageDeflate"],
+                        and server_keeps == dedicated and active == ["PerMessageDeflate"],
                         "offered %r, answered %r" % (offered, ext))
-            await step(label, "deflate handshake (client offers %s context takeover)" % name, handshake())
+            await step(label, "deflate handshake (client offers %s)" % name, handshake())
 
             async def echoes():
                 sizes = []
@@ -218,18 +232,18 @@ async def deflate(label, url):
                     return False, "fragmented text differs"
                 return True, "50 JSON messages (%d..%d B), 300 kB binary, a fragmented text" % (
                     min(sizes), max(sizes))
-            await step(label, "deflate echo (%s context takeover)" % name, echoes())
+            await step(label, "deflate echo (%s)" % name, echoes())
 
 
 def main(argv):
-    if len(argv) < 4 or argv[1] not in ("suite", "drain", "deflate"):
+    if len(argv) < 4 or argv[1] not in ("suite", "drain", "deflate", "deflate-dedicated"):
         sys.exit(__doc__)
     mode, label, urls = argv[1], argv[2], argv[3:]
     try:
         if mode == "suite":
             asyncio.run(suite(label, urls[0]))
-        elif mode == "deflate":
-            asyncio.run(deflate(label, urls[0]))
+        elif mode in ("deflate", "deflate-dedicated"):
+            asyncio.run(deflate(label, urls[0], dedicated=mode == "deflate-dedicated"))
         else:
             asyncio.run(drain(label, urls))
     except Exception as e:
