@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # permessage-deflate (RFC 7692): what compression costs the server per
-# message and saves on the wire, ringws (--deflate off / shared) beside
+# message and saves on the wire, ringws (--deflate off / shared / dedicated) beside
 # uWebSockets (off, shared compressor, 3 KB dedicated compressor), and the
 # memory an idle connection costs with compression agreed.
 #
@@ -8,7 +8,7 @@
 #   UWS_ECHO=/tmp/uws/echo-server UWS_SHARED=/tmp/uws-deflate/echo-shared \
 #   UWS_DEDICATED=/tmp/uws-deflate/echo-dedicated benches/deflate.sh
 #   RINGWS_BIN=/tmp/deflate-bins/ringws LOAD_BIN=/tmp/deflate-bins/ringws-load \
-#       benches/deflate.sh                               # fixed binaries, no build
+#       SEND_BIN=/tmp/deflate-bins/send_echo benches/deflate.sh   # fixed binaries, no build
 #
 # Load: `ringws-load echo --deflate --payload json`, the same for every
 # server: each connection offers permessage-deflate as Chromium does
@@ -31,6 +31,14 @@
 #   ringws-off     RINGWS_BIN --workers 1 --io epoll (declines the offer)
 #   ringws-shared  the same with --deflate shared (answers
 #                  server_no_context_takeover; client_no_context_takeover)
+#   ringws-dedicated  the same with --deflate dedicated (answers
+#                  client_no_context_takeover: the server keeps context)
+#   ringws-copy-shared, ringws-copy-dedicated  SEND_BIN (examples/send_echo:
+#                  each message answered with a copy the handler sends, so
+#                  the server inflates it and compresses the copy, as
+#                  uWebSockets does) with --deflate shared / dedicated
+#   NAME@N         a ringws server above with --deflate-level N (default 1),
+#                  e.g. ringws-copy-shared@6
 #   uws-off        UWS_ECHO: uWebSockets echo, compression DISABLED
 #   uws-shared     UWS_SHARED: SHARED_COMPRESSOR | SHARED_DECOMPRESSOR,
 #                  echoing with send(msg, op, true)
@@ -53,7 +61,8 @@
 # sampled after each step; the slope of RSS against connections (least
 # squares) is the memory each further connection costs, and ΔRSS / N is
 # given beside it. Servers IDLE_SERVERS (default ringws-off ringws-shared
-# uws-shared uws-dedicated, those available), once, after the rounds.
+# ringws-dedicated uws-shared uws-dedicated, those available), once, after
+# the rounds.
 #
 # Knobs (environment): ROUNDS (5), DURATION seconds per window (5), WARMUP
 # seconds (1), SCENARIOS (space-separated NxSIZE[kK]: N connections, SIZE
@@ -62,10 +71,11 @@
 # IDLE_CONNS (15000), IDLE_STEPS (5), IDLE_HOLD seconds (2), IDLE_SIZE
 # (1KiB), IDLE_SERVERS, SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (19800),
 # QUIET_PCT (10), QUIET_MAX seconds (120), RINGWS_BIN (target/release/ringws)
-# and LOAD_BIN (target/release/ringws-load): point them at copies (e.g. in
+# LOAD_BIN (target/release/ringws-load) and SEND_BIN
+# (target/release/examples/send_echo): point them at copies (e.g. in
 # /tmp/deflate-bins) so that a build elsewhere cannot change what is
-# measured mid-run; BUILD (1 when neither RINGWS_BIN nor LOAD_BIN is set:
-# cargo build --release -p ringws -p ringws-load first; else 0),
+# measured mid-run; BUILD (1 when none of the three is set: cargo build
+# --release -p ringws -p ringws-load --example send_echo first; else 0),
 # UWS_ECHO / UWS_SHARED / UWS_DEDICATED (the uWebSockets binaries),
 # MIMALLOC_ALLOW_THP (0, as in compare.sh: ringws uses mimalloc).
 #
@@ -81,7 +91,7 @@ ROOT=$PWD
 
 if [[ -z "${BUILD:-}" ]]; then
     BUILD=1
-    [[ -n "${RINGWS_BIN:-}" || -n "${LOAD_BIN:-}" ]] && BUILD=0
+    [[ -n "${RINGWS_BIN:-}${LOAD_BIN:-}${SEND_BIN:-}" ]] && BUILD=0
 fi
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
@@ -100,20 +110,21 @@ QUIET_PCT=${QUIET_PCT:-10}
 QUIET_MAX=${QUIET_MAX:-120}
 RINGWS_BIN=${RINGWS_BIN:-$ROOT/target/release/ringws}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/ringws-load}
+SEND_BIN=${SEND_BIN:-$ROOT/target/release/examples/send_echo}
 UWS_ECHO=${UWS_ECHO:-}
 UWS_SHARED=${UWS_SHARED:-}
 UWS_DEDICATED=${UWS_DEDICATED:-}
 export MIMALLOC_ALLOW_THP=${MIMALLOC_ALLOW_THP:-0}
 
 # Which servers can run: ringws always, uWebSockets where a binary is given.
-AVAILABLE="ringws-off ringws-shared"
+AVAILABLE="ringws-off ringws-shared ringws-dedicated ringws-copy-shared ringws-copy-dedicated"
 [[ -n "$UWS_ECHO" ]] && AVAILABLE="$AVAILABLE uws-off"
 [[ -n "$UWS_SHARED" ]] && AVAILABLE="$AVAILABLE uws-shared"
 [[ -n "$UWS_DEDICATED" ]] && AVAILABLE="$AVAILABLE uws-dedicated"
 SERVERS=${SERVERS:-$AVAILABLE}
 if [[ -z "${IDLE_SERVERS:-}" ]]; then
     IDLE_SERVERS=
-    for s in ringws-off ringws-shared uws-shared uws-dedicated; do
+    for s in ringws-off ringws-shared ringws-dedicated uws-shared uws-dedicated; do
         [[ " $AVAILABLE " == *" $s "* ]] && IDLE_SERVERS="$IDLE_SERVERS $s"
     done
 fi
@@ -153,15 +164,16 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ "$BUILD" == 1 ]]; then
     log "== building (release)"
-    cargo build --release -p ringws -p ringws-load >&2
+    cargo build --release -p ringws -p ringws-load --example send_echo >&2
 fi
-for bin in "$RINGWS_BIN" "$LOAD_BIN"; do
+for bin in "$RINGWS_BIN" "$LOAD_BIN" "$SEND_BIN"; do
     [[ -x "$bin" ]] || { log "deflate.sh: $bin missing (BUILD=1 builds it)"; exit 1; }
 done
 
 server_bin() { # name
-    case $1 in
-        ringws-off | ringws-shared) echo "$RINGWS_BIN" ;;
+    case ${1%@*} in
+        ringws-off | ringws-shared | ringws-dedicated) echo "$RINGWS_BIN" ;;
+        ringws-copy-shared | ringws-copy-dedicated) echo "$SEND_BIN" ;;
         uws-off) echo "$UWS_ECHO" ;;
         uws-shared) echo "$UWS_SHARED" ;;
         uws-dedicated) echo "$UWS_DEDICATED" ;;
@@ -174,9 +186,15 @@ for server in $SERVERS $IDLE_SERVERS; do
 done
 
 server_cmd() { # name port
-    case $1 in
-        ringws-off) echo "$RINGWS_BIN --bind 127.0.0.1 --port $2 --workers 1 --io epoll --drain-timeout 1s" ;;
-        ringws-shared) echo "$RINGWS_BIN --bind 127.0.0.1 --port $2 --workers 1 --io epoll --drain-timeout 1s --deflate shared" ;;
+    local ringws="--bind 127.0.0.1 --port $2 --workers 1 --io epoll --drain-timeout 1s"
+    # A ringws server named NAME@N compresses at --deflate-level N.
+    [[ $1 == *@* ]] && ringws="$ringws --deflate-level ${1##*@}"
+    case ${1%@*} in
+        ringws-off) echo "$RINGWS_BIN $ringws" ;;
+        ringws-shared) echo "$RINGWS_BIN $ringws --deflate shared" ;;
+        ringws-dedicated) echo "$RINGWS_BIN $ringws --deflate dedicated" ;;
+        ringws-copy-shared) echo "$SEND_BIN $ringws --deflate shared" ;;
+        ringws-copy-dedicated) echo "$SEND_BIN $ringws --deflate dedicated" ;;
         *) echo "$(server_bin "$1") $2" ;;
     esac
 }

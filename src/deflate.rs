@@ -73,10 +73,6 @@ pub(crate) const COMPRESS_MIN: usize = 128;
 /// The window bits a narrow agreement compresses with.
 const NARROW_BITS: u8 = 9;
 
-/// The compression level: 1, zlib's fastest. CPU per message is what a pod
-/// pays for; the first levels differ little in size on short messages.
-const LEVEL: u32 = 1;
-
 /// Chooses the first acceptable permessage-deflate offer among the values
 /// of the request's `Sec-WebSocket-Extensions` headers, for shared mode or,
 /// with `dedicated`, dedicated mode (which keeps context unless the offer
@@ -304,8 +300,9 @@ pub(crate) fn put_message(
 /// A worker's compressors (one per window size in use), reset per
 /// message, the buffer they compress into, and, in dedicated mode, each
 /// connection's window.
-#[derive(Default)]
 pub(crate) struct Deflater {
+    /// zlib level (`--deflate-level`).
+    level: u32,
     wide: Option<Compress>,
     narrow: Option<Compress>,
     buf: Vec<u8>,
@@ -313,6 +310,13 @@ pub(crate) struct Deflater {
     /// sent compressed, oldest first (at most [`WINDOW`], or
     /// [`WINDOW_NARROW`]): the end of its client's window.
     windows: HashMap<usize, Vec<u8>>,
+}
+
+/// At `--deflate-level`'s default, 1.
+impl Default for Deflater {
+    fn default() -> Self {
+        Deflater::new(1)
+    }
 }
 
 impl std::fmt::Debug for Deflater {
@@ -324,6 +328,17 @@ impl std::fmt::Debug for Deflater {
 }
 
 impl Deflater {
+    /// A deflater compressing at zlib `level` (1 to 9).
+    pub(crate) fn new(level: u32) -> Self {
+        Deflater {
+            level,
+            wide: None,
+            narrow: None,
+            buf: Vec::new(),
+            windows: HashMap::new(),
+        }
+    }
+
     /// Appends `payload` as one message frame to `out`: compressed (RSV1
     /// set) if it is at least [`COMPRESS_MIN`] bytes and compresses to
     /// fewer bytes, else as it is. `key`: the session it is for.
@@ -410,14 +425,13 @@ impl Deflater {
         if self.buf.capacity() > KEEP_MAX {
             self.buf = Vec::new();
         }
+        let level = Compression::new(self.level);
         let zlib = if agreed.narrow {
-            self.narrow.get_or_insert_with(|| {
-                Compress::new_with_window_bits(Compression::new(LEVEL), false, NARROW_BITS)
-            })
+            self.narrow
+                .get_or_insert_with(|| Compress::new_with_window_bits(level, false, NARROW_BITS))
         } else {
-            self.wide.get_or_insert_with(|| {
-                Compress::new_with_window_bits(Compression::new(LEVEL), false, 15)
-            })
+            self.wide
+                .get_or_insert_with(|| Compress::new_with_window_bits(level, false, 15))
         };
         zlib.reset();
         let key = key.filter(|_| agreed.takeover);
@@ -452,20 +466,21 @@ impl Deflater {
     }
 }
 
-/// Ends session `key`'s window with `payload`.
+/// Ends session `key`'s window with `payload`. The window's allocation
+/// grows with what it holds (doubling, up to its size), so a connection
+/// sent only short messages keeps only those.
 fn remember(windows: &mut HashMap<usize, Vec<u8>>, key: usize, agreed: Agreed, payload: &[u8]) {
     let size = if agreed.narrow { WINDOW_NARROW } else { WINDOW };
-    let window = windows
-        .entry(key)
-        .or_insert_with(|| Vec::with_capacity(size));
-    if payload.len() >= size {
-        window.clear();
-        window.extend_from_slice(&payload[payload.len() - size..]);
-    } else {
-        let keep = window.len().min(size - payload.len());
-        window.drain(..window.len() - keep);
-        window.extend_from_slice(payload);
+    let window = windows.entry(key).or_default();
+    let payload = &payload[payload.len().saturating_sub(size)..];
+    let keep = window.len().min(size - payload.len());
+    window.drain(..window.len() - keep);
+    let need = keep + payload.len();
+    if need > window.capacity() {
+        let grown = need.max(window.capacity() * 2).min(size);
+        window.reserve_exact(grown - keep);
     }
+    window.extend_from_slice(payload);
 }
 
 /// The RSV1 bit of a frame's first byte: "compressed", with
@@ -574,8 +589,8 @@ mod tests {
                 narrow,
                 takeover: true,
             };
-            let mut d = Deflater::default();
-            let mut other = Deflater::default();
+            let mut d = Deflater::new(1);
+            let mut other = Deflater::new(1);
             let mut client = Decompress::new_with_window_bits(false, bits);
             let (mut with, mut without) = (0, 0);
             for i in 0..300 {
@@ -647,7 +662,7 @@ mod tests {
         let text = "{\"user\":\"ana\",\"text\":\"hello hello hello hello\"} ".repeat(40);
         for narrow in [false, true] {
             let mut out = BytesMut::new();
-            Deflater::default().put_frame(&mut out, 0x1, text.as_bytes(), shared(narrow), 0);
+            Deflater::new(1).put_frame(&mut out, 0x1, text.as_bytes(), shared(narrow), 0);
             assert_eq!(out[0], 0x80 | RSV1 | 0x1);
             let (len, header) = match out[1] {
                 126 => (u16::from_be_bytes([out[2], out[3]]) as usize, 4),
@@ -665,7 +680,7 @@ mod tests {
 
     #[test]
     fn short_or_incompressible_messages_go_as_they_are() {
-        let mut d = Deflater::default();
+        let mut d = Deflater::new(1);
         let mut out = BytesMut::new();
         d.put_frame(&mut out, 0x2, b"short", shared(false), 0);
         assert_eq!(&out[..], b"\x82\x05short");
@@ -688,7 +703,7 @@ mod tests {
     fn a_bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 4 << 20];
         let mut out = BytesMut::new();
-        Deflater::default().put_frame(&mut out, 0x2, &zeros, shared(false), 0);
+        Deflater::new(1).put_frame(&mut out, 0x2, &zeros, shared(false), 0);
         let payload = &out[4..];
         assert!(payload.len() < 65_536, "a 4-byte header: {}", payload.len());
         let mut inflater = Inflater::default();
@@ -706,7 +721,7 @@ mod tests {
         );
         // Reset per message: a valid one after the failures.
         let mut out = BytesMut::new();
-        Deflater::default().put_frame(&mut out, 0x1, &[b'a'; 300], shared(false), 0);
+        Deflater::new(1).put_frame(&mut out, 0x1, &[b'a'; 300], shared(false), 0);
         assert_eq!(inflater.inflate(&out[2..], 300).unwrap(), vec![b'a'; 300]);
     }
 }
