@@ -52,6 +52,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+BENCH=compare.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 if [[ "${QUICK:-0}" == 1 ]]; then
     ROUNDS=${ROUNDS:-1}
@@ -110,7 +113,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
 
-log() { printf '%s\n' "$*" >&2; }
 
 for tool in taskset timeout cargo; do
     command -v "$tool" >/dev/null || { log "compare.sh: $tool is required"; exit 1; }
@@ -184,32 +186,6 @@ stop_server() {
 }
 
 FAILED=()
-
-# Percentage of all CPUs busy over the next second (/proc/stat).
-busy_pct() {
-    local a b
-    read -r -a a </proc/stat
-    sleep 1
-    read -r -a b </proc/stat
-    local busy=$(((b[1] - a[1]) + (b[2] - a[2]) + (b[3] - a[3]) + (b[6] - a[6]) + (b[7] - a[7]) + (b[8] - a[8])))
-    local idle=$(((b[4] - a[4]) + (b[5] - a[5])))
-    echo $((100 * busy / (busy + idle + 1)))
-}
-
-# Waits (up to QUIET_MAX s) until the machine is quiet: the server under test
-# is idle at this point, so anything busy is someone else's work.
-wait_quiet() {
-    local start=$SECONDS pct
-    while pct=$(busy_pct) && [[ $pct -ge $QUIET_PCT ]]; do
-        if [[ $((SECONDS - start)) -ge $QUIET_MAX ]]; then
-            log "   machine still ${pct} % busy after ${QUIET_MAX} s; measuring anyway (the table flags disturbed runs)"
-            return 0
-        fi
-        if [[ $((SECONDS - start)) -le 1 ]]; then
-            log "   machine ${pct} % busy (other work); waiting up to ${QUIET_MAX} s for it to settle"
-        fi
-    done
-}
 
 # run_load SERVER SCENARIO TIME_LIMIT MODE ARGS...: one load run against the
 # running server, its JSON line appended to results.jsonl.

@@ -75,7 +75,7 @@
 # (target/release/examples/send_echo): point them at copies (e.g. in
 # /tmp/deflate-bins) so that a build elsewhere cannot change what is
 # measured mid-run; BUILD (1 when none of the three is set: cargo build
-# --release -p ringws -p ringws-load --example send_echo first; else 0),
+# --release -p ringws -p ringws-load --bins --example send_echo first; else 0),
 # UWS_ECHO / UWS_SHARED / UWS_DEDICATED (the uWebSockets binaries),
 # MIMALLOC_ALLOW_THP (0, as in compare.sh: ringws uses mimalloc).
 #
@@ -88,6 +88,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+BENCH=deflate.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 if [[ -z "${BUILD:-}" ]]; then
     BUILD=1
@@ -151,7 +154,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "deflate.sh: interrupted" >&2; exit 130' INT TERM
 
-log() { printf '%s\n' "$*" >&2; }
 
 for tool in taskset timeout awk sha256sum; do
     command -v "$tool" >/dev/null || { log "deflate.sh: $tool is required"; exit 1; }
@@ -164,7 +166,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ "$BUILD" == 1 ]]; then
     log "== building (release)"
-    cargo build --release -p ringws -p ringws-load --example send_echo >&2
+    cargo build --release -p ringws -p ringws-load --bins --example send_echo >&2
 fi
 for bin in "$RINGWS_BIN" "$LOAD_BIN" "$SEND_BIN"; do
     [[ -x "$bin" ]] || { log "deflate.sh: $bin missing (BUILD=1 builds it)"; exit 1; }
@@ -200,18 +202,6 @@ server_cmd() { # name port
 }
 
 PORT=$PORT_BASE
-
-# Moves PORT on to the next port nothing listens on.
-next_port() {
-    PORT=$((PORT + 1))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-        PORT=$((PORT + 1))
-    done
-    if [[ $PORT -ge 32768 ]]; then
-        log "deflate.sh: port $PORT is in the ephemeral range; lower PORT_BASE"
-        return 1
-    fi
-}
 
 # Starts server $1 pinned to SERVER_CPU on a fresh port and waits until it
 # listens; sets SERVER_PID and PORT.
@@ -256,36 +246,6 @@ stop_server() {
 
 FAILED=()
 
-# Percentage of all CPUs busy over the next second (/proc/stat).
-busy_pct() {
-    local a b
-    read -r -a a </proc/stat
-    sleep 1
-    read -r -a b </proc/stat
-    local busy=$(((b[1] - a[1]) + (b[2] - a[2]) + (b[3] - a[3]) + (b[6] - a[6]) + (b[7] - a[7]) + (b[8] - a[8])))
-    local idle=$(((b[4] - a[4]) + (b[5] - a[5])))
-    echo $((100 * busy / (busy + idle + 1)))
-}
-
-# Waits (up to QUIET_MAX s) until the machine is quiet: the server under test
-# is idle at this point, so anything busy is someone else's work.
-wait_quiet() {
-    local start=$SECONDS pct
-    while pct=$(busy_pct) && [[ $pct -ge $QUIET_PCT ]]; do
-        if [[ $((SECONDS - start)) -ge $QUIET_MAX ]]; then
-            log "   machine still ${pct} % busy after ${QUIET_MAX} s; measuring anyway (flagged if it stays busy)"
-            return 0
-        fi
-        if [[ $((SECONDS - start)) -le 1 ]]; then
-            log "   machine ${pct} % busy (other work); waiting up to ${QUIET_MAX} s for it to settle"
-        fi
-    done
-}
-
-# One figure from a JSON line (numbers only; empty when null).
-field() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9][0-9.e+-]*\)[,}].*/\1/p" <<<"$1"; }
-# One string from a JSON line (empty when null; no escapes expected).
-sfield() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
 
 # run_load SERVER SCENARIO TIME_LIMIT MODE ARGS...: one load run against the
 # running server, its JSON line appended to results.jsonl.

@@ -59,6 +59,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+BENCH=fanout.sh
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
@@ -114,7 +117,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "fanout.sh: interrupted" >&2; exit 130' INT TERM
 
-log() { printf '%s\n' "$*" >&2; }
 
 for tool in taskset timeout awk; do
     command -v "$tool" >/dev/null || { log "fanout.sh: $tool is required"; exit 1; }
@@ -165,19 +167,6 @@ server_cmd() { # name port [nats port]
 PORT=$PORT_BASE
 PORT2=
 declare -A UNAVAILABLE=()
-
-# Moves PORT on to the next port nothing listens on (all below 32768, the
-# start of Linux's ephemeral range, with the default PORT_BASE).
-next_port() {
-    PORT=$((PORT + 1))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-        PORT=$((PORT + 1))
-    done
-    if [[ $PORT -ge 32768 ]]; then
-        log "fanout.sh: port $PORT is in the ephemeral range; lower PORT_BASE"
-        return 1
-    fi
-}
 
 # launch NAME PORT [NATSPORT]: starts one process pinned to SERVER_CPU in the
 # background (its PID in LAUNCHED) and waits until it listens on PORT.
@@ -289,34 +278,6 @@ stop_server() {
 
 FAILED=()
 
-# Percentage of all CPUs busy over the next second (/proc/stat).
-busy_pct() {
-    local a b
-    read -r -a a </proc/stat
-    sleep 1
-    read -r -a b </proc/stat
-    local busy=$(((b[1] - a[1]) + (b[2] - a[2]) + (b[3] - a[3]) + (b[6] - a[6]) + (b[7] - a[7]) + (b[8] - a[8])))
-    local idle=$(((b[4] - a[4]) + (b[5] - a[5])))
-    echo $((100 * busy / (busy + idle + 1)))
-}
-
-# Waits (up to QUIET_MAX s) until the machine is quiet: the server under test
-# is idle at this point, so anything busy is someone else's work.
-wait_quiet() {
-    local start=$SECONDS pct
-    while pct=$(busy_pct) && [[ $pct -ge $QUIET_PCT ]]; do
-        if [[ $((SECONDS - start)) -ge $QUIET_MAX ]]; then
-            log "   machine still ${pct} % busy after ${QUIET_MAX} s; measuring anyway (flagged if it stays busy)"
-            return 0
-        fi
-        if [[ $((SECONDS - start)) -le 1 ]]; then
-            log "   machine ${pct} % busy (other work); waiting up to ${QUIET_MAX} s for it to settle"
-        fi
-    done
-}
-
-# One figure from a JSON line (numbers only; empty when null).
-field() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9][0-9.e+-]*\)[,}].*/\1/p" <<<"$1"; }
 
 # run_load SERVER SCENARIO TIME_LIMIT MODE ARGS...: one load run against the
 # running server, its JSON line appended to results.jsonl.
