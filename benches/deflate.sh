@@ -38,7 +38,8 @@
 #                  the server inflates it and compresses the copy, as
 #                  uWebSockets does) with --deflate shared / dedicated
 #   NAME@N         a ringws server above with --deflate-level N (default 1),
-#                  e.g. ringws-copy-shared@6
+#                  e.g. ringws-copy-shared@6; NAME@N/W also with
+#                  --deflate-window W, e.g. ringws-copy-dedicated@1/1KiB
 #   uws-off        UWS_ECHO: uWebSockets echo, compression DISABLED
 #   uws-shared     UWS_SHARED: SHARED_COMPRESSOR | SHARED_DECOMPRESSOR,
 #                  echoing with send(msg, op, true)
@@ -189,8 +190,13 @@ done
 
 server_cmd() { # name port
     local ringws="--bind 127.0.0.1 --port $2 --workers 1 --io epoll --drain-timeout 1s"
-    # A ringws server named NAME@N compresses at --deflate-level N.
-    [[ $1 == *@* ]] && ringws="$ringws --deflate-level ${1##*@}"
+    # A ringws server named NAME@N compresses at --deflate-level N, and one
+    # named NAME@N/W keeps a --deflate-window of W too.
+    if [[ $1 == *@* ]]; then
+        local spec=${1##*@}
+        ringws="$ringws --deflate-level ${spec%%/*}"
+        [[ $spec == */* ]] && ringws="$ringws --deflate-window ${spec#*/}"
+    fi
     case ${1%@*} in
         ringws-off) echo "$RINGWS_BIN $ringws" ;;
         ringws-shared) echo "$RINGWS_BIN $ringws --deflate shared" ;;

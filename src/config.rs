@@ -135,20 +135,29 @@ pub struct Config {
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor and
     /// one inflater per worker; an idle connection holds nothing of
     /// zlib's); or `dedicated` (the same, and each connection keeps the
-    /// last 4 KiB it was sent compressed, which the next message may refer
-    /// to: smaller messages for up to 4 KiB per connection). Off by
-    /// default: compressing costs CPU per message, which is worth it for
-    /// text-heavy traffic paid by the byte, not for all.
+    /// last `--deflate-window` bytes it was sent compressed, which the next
+    /// message may refer to: smaller messages for that much memory per
+    /// connection). Off by default: compressing costs CPU per message,
+    /// which is worth it for text-heavy traffic paid by the byte, not for
+    /// all.
     #[arg(long, env = "RINGWS_DEFLATE", value_enum, default_value_t = Deflate::Off)]
     pub deflate: Deflate,
 
     /// zlib level of what the server compresses, 1 (fastest) to 9. Level 1
     /// uses fixed Huffman codes: on ~1 KiB JSON it sends about 45 % more
-    /// bytes than level 2 for about half the CPU; `dedicated` at level 1
-    /// sends fewer bytes than `shared` at any level (docs/performance.md).
+    /// bytes than level 6 for about half the CPU; `dedicated` at level 1
+    /// sends fewer bytes than `shared` at level 6 (docs/performance.md).
     #[arg(long, env = "RINGWS_DEFLATE_LEVEL", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub deflate_level: u32,
+
+    /// With `--deflate dedicated`: how much of what each connection was
+    /// sent compressed it keeps for the next message to refer back to (up
+    /// to `32KiB`). Memory per connection, and CPU per message (the
+    /// worker's compressor reads it in before each message), for fewer
+    /// bytes on the wire (docs/performance.md).
+    #[arg(long, env = "RINGWS_DEFLATE_WINDOW", default_value = "4KiB", value_parser = parse_window)]
+    pub deflate_window: usize,
 
     /// Longest a WebSocket session lives (`9m`, `1h`; `0s` disables):
     /// past it (plus its jitter) it gets Close 1001 after the messages it
@@ -199,6 +208,7 @@ impl Default for Config {
             backpressure_policy: BackpressurePolicy::Close,
             deflate: Deflate::Off,
             deflate_level: 1,
+            deflate_window: 4 << 10,
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             max_lifetime: Duration::ZERO,
@@ -233,6 +243,17 @@ pub enum Deflate {
 
 /// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`
 /// (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1,024) suffix.
+/// A `--deflate-window`: a size up to 32 KiB, deflate's farthest reach.
+fn parse_window(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size > 32 << 10 {
+        return Err(format!(
+            "{size} bytes: at most 32KiB, deflate's farthest reach"
+        ));
+    }
+    Ok(size as usize)
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text
@@ -311,6 +332,8 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert_eq!(parse_size("8 kb"), Ok(8 << 10));
         assert!(parse_size("64XB").is_err());
+        assert_eq!(parse_window("32KiB"), Ok(32 << 10));
+        assert!(parse_window("33KiB").is_err());
         assert!(parse_size("MiB").is_err());
         let c = Config::parse_from(["ringws", "--max-buffered-bytes", "64MiB"]);
         assert_eq!(c.max_buffered_bytes, Some(64 << 20));

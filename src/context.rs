@@ -127,7 +127,10 @@ impl<H: Handler> Worker<H> {
             ^ id as u64;
         let lifetime = Lifetime::new(config.max_lifetime, config.max_lifetime_jitter, seed);
         let backpressure = Backpressure::of(config);
-        let deflater = Rc::new(RefCell::new(Deflater::new(config.deflate_level)));
+        let deflater = Rc::new(RefCell::new(Deflater::new(
+            config.deflate_level,
+            config.deflate_window,
+        )));
         let topics = LocalTopics::new(
             id,
             shared.hub.clone(),

@@ -12,10 +12,11 @@
 //! - **shared** mode answers `server_no_context_takeover`: each message the
 //!   server sends stands alone.
 //! - **dedicated** mode keeps the context the client's inflater keeps: a
-//!   connection's window is the last [`WINDOW`] bytes of what it was sent
-//!   compressed (512 with a narrow agreement), and the worker's compressor
-//!   is primed with it (`deflateSetDictionary`) before each message, so a
-//!   message may refer back into earlier ones. A zlib compressor of its own
+//!   connection's window is the last bytes of what it was sent compressed
+//!   (`--deflate-window`, 4 KiB by default; at most 512 with a narrow
+//!   agreement), and the worker's compressor is primed with it
+//!   (`deflateSetDictionary`) before each message, so a message may refer
+//!   back into earlier ones. A zlib compressor of its own
 //!   per connection would hold 128 KiB with zlib-rs, whose hash table does
 //!   not shrink with `memLevel` (uWebSockets' smallest dedicated compressor,
 //!   C zlib at `memLevel` 1, holds about 9 KB); the window alone is all a
@@ -60,10 +61,8 @@ const ANSWER_TAKEOVER: &str = "permessage-deflate; client_no_context_takeover";
 const ANSWER_TAKEOVER_NARROW: &str =
     "permessage-deflate; client_no_context_takeover; server_max_window_bits=9";
 
-/// The window a connection keeps in dedicated mode: the last this many
-/// bytes it was sent compressed, which the next message may refer to.
-pub(crate) const WINDOW: usize = 4096;
-/// The window with a narrow agreement (9 bits).
+/// The most a connection keeps in dedicated mode with a narrow agreement
+/// (9 bits): what the compressor can refer back to.
 const WINDOW_NARROW: usize = 1 << NARROW_BITS;
 
 /// Messages shorter than this are sent uncompressed: deflate saves a few
@@ -303,19 +302,21 @@ pub(crate) fn put_message(
 pub(crate) struct Deflater {
     /// zlib level (`--deflate-level`).
     level: u32,
+    /// What each session keeps in dedicated mode (`--deflate-window`).
+    window: usize,
     wide: Option<Compress>,
     narrow: Option<Compress>,
     buf: Vec<u8>,
     /// Dedicated mode: per session key, the last bytes that session was
-    /// sent compressed, oldest first (at most [`WINDOW`], or
+    /// sent compressed, oldest first (at most `window`, or
     /// [`WINDOW_NARROW`]): the end of its client's window.
     windows: HashMap<usize, Vec<u8>>,
 }
 
-/// At `--deflate-level`'s default, 1.
+/// At the defaults of `--deflate-level` and `--deflate-window`.
 impl Default for Deflater {
     fn default() -> Self {
-        Deflater::new(1)
+        Deflater::new(1, 4 << 10)
     }
 }
 
@@ -328,10 +329,12 @@ impl std::fmt::Debug for Deflater {
 }
 
 impl Deflater {
-    /// A deflater compressing at zlib `level` (1 to 9).
-    pub(crate) fn new(level: u32) -> Self {
+    /// A deflater compressing at zlib `level` (1 to 9), keeping `window`
+    /// bytes per session in dedicated mode.
+    pub(crate) fn new(level: u32, window: usize) -> Self {
         Deflater {
             level,
+            window,
             wide: None,
             narrow: None,
             buf: Vec::new(),
@@ -397,7 +400,17 @@ impl Deflater {
     /// is now the end of its client's window.
     pub(crate) fn remember(&mut self, key: usize, agreed: Agreed, payload: &[u8]) {
         if agreed.takeover {
-            remember(&mut self.windows, key, agreed, payload);
+            let size = self.window_of(agreed);
+            remember(&mut self.windows, key, size, payload);
+        }
+    }
+
+    /// What a session that agreed on `agreed` keeps.
+    fn window_of(&self, agreed: Agreed) -> usize {
+        if agreed.narrow {
+            WINDOW_NARROW.min(self.window)
+        } else {
+            self.window
         }
     }
 
@@ -425,6 +438,7 @@ impl Deflater {
         if self.buf.capacity() > KEEP_MAX {
             self.buf = Vec::new();
         }
+        let size = self.window_of(agreed);
         let level = Compression::new(self.level);
         let zlib = if agreed.narrow {
             self.narrow
@@ -460,17 +474,19 @@ impl Deflater {
             return None;
         }
         if let Some(key) = key {
-            remember(&mut self.windows, key, agreed, payload);
+            remember(&mut self.windows, key, size, payload);
         }
         Some(compressed)
     }
 }
 
-/// Ends session `key`'s window with `payload`. The window's allocation
-/// grows with what it holds (doubling, up to its size), so a connection
-/// sent only short messages keeps only those.
-fn remember(windows: &mut HashMap<usize, Vec<u8>>, key: usize, agreed: Agreed, payload: &[u8]) {
-    let size = if agreed.narrow { WINDOW_NARROW } else { WINDOW };
+/// Ends session `key`'s window, of at most `size` bytes, with `payload`.
+/// The window's allocation grows with what it holds (doubling, up to
+/// `size`), so a connection sent only short messages keeps only those.
+fn remember(windows: &mut HashMap<usize, Vec<u8>>, key: usize, size: usize, payload: &[u8]) {
+    if size == 0 {
+        return;
+    }
     let window = windows.entry(key).or_default();
     let payload = &payload[payload.len().saturating_sub(size)..];
     let keep = window.len().min(size - payload.len());
@@ -589,8 +605,8 @@ mod tests {
                 narrow,
                 takeover: true,
             };
-            let mut d = Deflater::new(1);
-            let mut other = Deflater::new(1);
+            let mut d = Deflater::default();
+            let mut other = Deflater::default();
             let mut client = Decompress::new_with_window_bits(false, bits);
             let (mut with, mut without) = (0, 0);
             for i in 0..300 {
@@ -632,7 +648,7 @@ mod tests {
                 with * 10 < without * 9,
                 "narrow {narrow}: {with} B with the window, {without} B without"
             );
-            assert!(d.windows[&7].len() <= if narrow { WINDOW_NARROW } else { WINDOW });
+            assert!(d.windows[&7].len() <= if narrow { WINDOW_NARROW } else { 4096 });
             d.end(7);
             assert!(d.windows.is_empty());
         }
@@ -662,7 +678,7 @@ mod tests {
         let text = "{\"user\":\"ana\",\"text\":\"hello hello hello hello\"} ".repeat(40);
         for narrow in [false, true] {
             let mut out = BytesMut::new();
-            Deflater::new(1).put_frame(&mut out, 0x1, text.as_bytes(), shared(narrow), 0);
+            Deflater::default().put_frame(&mut out, 0x1, text.as_bytes(), shared(narrow), 0);
             assert_eq!(out[0], 0x80 | RSV1 | 0x1);
             let (len, header) = match out[1] {
                 126 => (u16::from_be_bytes([out[2], out[3]]) as usize, 4),
@@ -680,7 +696,7 @@ mod tests {
 
     #[test]
     fn short_or_incompressible_messages_go_as_they_are() {
-        let mut d = Deflater::new(1);
+        let mut d = Deflater::default();
         let mut out = BytesMut::new();
         d.put_frame(&mut out, 0x2, b"short", shared(false), 0);
         assert_eq!(&out[..], b"\x82\x05short");
@@ -703,7 +719,7 @@ mod tests {
     fn a_bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 4 << 20];
         let mut out = BytesMut::new();
-        Deflater::new(1).put_frame(&mut out, 0x2, &zeros, shared(false), 0);
+        Deflater::default().put_frame(&mut out, 0x2, &zeros, shared(false), 0);
         let payload = &out[4..];
         assert!(payload.len() < 65_536, "a 4-byte header: {}", payload.len());
         let mut inflater = Inflater::default();
@@ -721,7 +737,7 @@ mod tests {
         );
         // Reset per message: a valid one after the failures.
         let mut out = BytesMut::new();
-        Deflater::new(1).put_frame(&mut out, 0x1, &[b'a'; 300], shared(false), 0);
+        Deflater::default().put_frame(&mut out, 0x1, &[b'a'; 300], shared(false), 0);
         assert_eq!(inflater.inflate(&out[2..], 300).unwrap(), vec![b'a'; 300]);
     }
 }
