@@ -158,6 +158,10 @@ async fn read_message(s: &mut TcpStream, bits: u8) -> (bool, u8, Vec<u8>) {
 
 const ANSWER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
+/// The shortest message the server compresses in shared mode at level 1
+/// (in dedicated mode: 64 bytes).
+const SHARED_MIN: usize = 512;
+
 #[tokio::test]
 async fn offers_are_answered_only_when_enabled() {
     for io in BACKENDS {
@@ -190,7 +194,7 @@ async fn compressed_messages_round_trip() {
     for io in BACKENDS {
         let server = server(io, Deflate::Shared, |_| {});
         let (mut s, _) = connect(&server, "permessage-deflate").await;
-        for len in [1, 200, 5_000, 200_000] {
+        for len in [1, 200, 600, 5_000, 200_000] {
             let text = json(len.max(2));
             // Echo in place: the same compressed bytes come back.
             let sent = deflate(text.as_bytes(), 15);
@@ -204,14 +208,14 @@ async fn compressed_messages_round_trip() {
             s.write_all(&compressed(false, 1, a)).await.unwrap();
             s.write_all(&masked(true, 0, b)).await.unwrap();
             let (rsv1, _, got) = read_message(&mut s, 15).await;
-            assert_eq!(rsv1, text.len() >= 128, "{io:?} {len}");
+            assert_eq!(rsv1, text.len() >= SHARED_MIN, "{io:?} {len}");
             assert_eq!(got, text.as_bytes(), "{io:?} {len}");
-            // Sent by the handler: compressed from 128 bytes on.
+            // Sent by the handler: compressed from 512 bytes on (level 1).
             s.write_all(&masked(true, 1, format!("json {len}").as_bytes()))
                 .await
                 .unwrap();
             let (rsv1, _, got) = read_message(&mut s, 15).await;
-            assert_eq!(rsv1, len >= 128, "{io:?} {len}");
+            assert_eq!(rsv1, len >= SHARED_MIN, "{io:?} {len}");
             assert_eq!(got, json(len).as_bytes(), "{io:?} {len}");
         }
         // From another thread, through a Sender: compressed all the same.
@@ -220,7 +224,7 @@ async fn compressed_messages_round_trip() {
                 .await
                 .unwrap();
             let (rsv1, _, got) = read_message(&mut s, 15).await;
-            assert_eq!(rsv1, len >= 128, "{io:?} {len}");
+            assert_eq!(rsv1, len >= SHARED_MIN, "{io:?} {len}");
             assert_eq!(got, json(len).as_bytes(), "{io:?} {len}");
             assert_eq!(read(&mut s).await, (false, 1, b"done".to_vec()), "{io:?}");
         }
@@ -371,7 +375,11 @@ async fn subscribers_get_a_publish_compressed_or_not_as_they_agreed() {
             for (s, deflate, narrow) in &mut subscribers {
                 let bits = if *narrow { 10 } else { 15 };
                 let (rsv1, opcode, got) = read_message(s, bits).await;
-                assert_eq!((rsv1, opcode), (*deflate && len >= 128, 1), "{io:?} {len}");
+                assert_eq!(
+                    (rsv1, opcode),
+                    (*deflate && len >= SHARED_MIN, 1),
+                    "{io:?} {len}"
+                );
                 assert_eq!(got, json(len).as_bytes(), "{io:?} {len}");
             }
         }
