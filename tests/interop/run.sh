@@ -7,6 +7,8 @@
 #
 # Environment knobs:
 #   RINGWS_BIN          server binary                (default: target/release/ringws)
+#   SEND_ECHO_BIN       examples/send_echo, the server of the dedicated-mode
+#                       checks (default: target/release/examples/send_echo)
 #   INTEROP_BACKENDS    backends to run              (default: "uring epoll")
 #   INTEROP_VENV        python3 venv for websockets  (default: ~/.cache/ringws/interop-venv)
 #   INTEROP_TIMEOUT     overall limit in seconds     (default: 600)
@@ -20,6 +22,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 RINGWS_BIN="${RINGWS_BIN:-target/release/ringws}"
+SEND_ECHO_BIN="${SEND_ECHO_BIN:-target/release/examples/send_echo}"
 CHAT_BIN="${CHAT_BIN:-$ROOT/target/release/examples/chat}"
 BACKENDS="${INTEROP_BACKENDS:-uring epoll}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ringws"
@@ -323,16 +326,18 @@ for backend in $BACKENDS; do
     kill_pids "$RPID"
     forget_pid "$RPID"
 
-    # The same against --deflate dedicated: the server keeps context, and
-    # with a narrow window offered compresses every echo itself.
+    # The same against --deflate dedicated, served by examples/send_echo: each
+    # echo is a copy the handler sends, so the server compresses every one
+    # of them itself, referring back into earlier messages, and the client's
+    # inflater must keep its window.
     dport="$(free_port)"
-    if start_ringws "$backend" "$dport" "$OUT/ringws-$backend-dedicated.log" "$RINGWS_BIN" --deflate dedicated; then
+    if start_ringws "$backend" "$dport" "$OUT/ringws-$backend-dedicated.log" "$SEND_ECHO_BIN" --deflate dedicated; then
         durl="ws://127.0.0.1:$dport/ws"
         run_check "[$backend dedicated] browser" 120 node "$HERE/browser.js" "$durl" \
             "$OUT/browser-$backend-dedicated.png" "$backend dedicated" deflate
         run_check "[$backend dedicated] python" 120 "$PY" "$HERE/ws_client.py" deflate-dedicated "$backend dedicated" "$durl"
     else
-        fail "[$backend] ringws --deflate dedicated did not answer /healthz"
+        fail "[$backend] send_echo --deflate dedicated did not answer /healthz"
     fi
     kill_pids "$RPID"
     forget_pid "$RPID"
