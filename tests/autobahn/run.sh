@@ -128,8 +128,25 @@ log "$("$VENV/bin/wstest" -a 2>/dev/null | tr '\n' ' ')"
 # ---------------------------------------------------------------- server
 [ -x "$RINGWS_BIN" ] || die "ringws binary not found at $RINGWS_BIN (run 'cargo build --release' first or set RINGWS_BIN)"
 
+# A free port below 32768: one from the kernel's ephemeral range (what binding
+# port 0 gives) could be taken by a client's socket before the server binds it.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    python3 -c '
+import random, socket
+for _ in range(1000):
+    port = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in 20000-32000")
+'
 }
 
 wait_healthy() { # port pid
