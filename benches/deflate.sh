@@ -374,21 +374,7 @@ short_sha() { sha256sum "$1" | cut -c1-12; }
     echo
     echo "Servers pinned to CPU $SERVER_CPU (ringws --workers 1 --io epoll; uWebSockets one thread), \`ringws-load echo --deflate --payload json\` on CPU $LOAD_CPU; $ROUNDS round(s), ${DURATION} s windows after ${WARMUP} s warm-up; fresh server per run, servers alternating within each round; MIMALLOC_ALLOW_THP=$MIMALLOC_ALLOW_THP. Scenario NxSIZE[kK]: N connections, SIZE-byte JSON chat messages (every message different; the same ones for every server), K in flight (default 1). The client offers \`permessage-deflate; client_max_window_bits\` (Chromium's offer) and compresses at zlib level $LEVEL when the server agrees. CPU: median over the rounds of server CPU ns per echoed message (user / sys medians taken separately), range of the totals. Wire: frame bytes (headers and mask included) per message, median over the rounds; uncompressed, a 1 KiB message is a 1032-byte frame from the client (masked) and 1028 bytes back. Binaries: ringws \`$RINGWS_BIN\` (sha256 $(short_sha "$RINGWS_BIN")), ringws-load \`$LOAD_BIN\` (sha256 $(short_sha "$LOAD_BIN")); repository at $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'). Command: \`ROUNDS=$ROUNDS DURATION=$DURATION SCENARIOS=\"$SCENARIOS\" SERVERS=\"$SERVERS\"${UWS_ECHO:+ UWS_ECHO=$UWS_ECHO}${UWS_SHARED:+ UWS_SHARED=$UWS_SHARED}${UWS_DEDICATED:+ UWS_DEDICATED=$UWS_DEDICATED} benches/deflate.sh\`."
     echo
-    rows | awk -F'\t' -v servers="$SERVERS" '
-        function median(list,    n, v, i, j, t) {
-            n = split(list, v, " ")
-            if (n == 0) return ""
-            for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j-1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
-            return n % 2 ? v[(n+1)/2] : (v[n/2] + v[n/2+1]) / 2
-        }
-        function num(v) { return v == "" ? "–" : sprintf("%.0f", v) }
-        function minmax(list,    n, v, i, lo, hi) {
-            n = split(list, v, " ")
-            if (n == 0) return "–"
-            lo = hi = v[1] + 0
-            for (i = 2; i <= n; i++) { if (v[i] + 0 < lo) lo = v[i] + 0; if (v[i] + 0 > hi) hi = v[i] + 0 }
-            return sprintf("%.0f–%.0f", lo, hi)
-        }
+    rows | awk -F'\t' -v servers="$SERVERS" "$AWK_STATS"'
         $1 == "echo" {
             k = $3 SUBSEP $2
             if (!(($3) in seen)) { seen[$3] = 1; order[++ns] = $3 }

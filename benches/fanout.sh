@@ -408,21 +408,7 @@ BP_CMD=
         echo "ringws-2proc: two room example processes (--workers 1 --io epoll --backplane nats://127.0.0.1:PORT) and $("$NATS_BIN" --version 2>/dev/null || echo nats-server) (-a 127.0.0.1), all three pinned to CPU $SERVER_CPU; listeners alternate between the two rooms (\`ringws-load fanout --listen-addr\`), the publisher is on the first, so half the listeners get every message through NATS. Its CPU figure is both room processes' CPU summed, per delivered message (same definition); the broker's is the next column, not included."
     fi
     echo
-    rows | awk -F'\t' -v servers="$SERVERS" -v bp="$BACKPLANE" -v cpu0="$SERVER_CPU" '
-        function median(list,    n, v, i, j, t) {
-            n = split(list, v, " ")
-            if (n == 0) return ""
-            for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j-1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
-            return n % 2 ? v[(n+1)/2] : (v[n/2] + v[n/2+1]) / 2
-        }
-        function num(v) { return v == "" ? "–" : sprintf("%.0f", v) }
-        function minmax(list,    n, v, i, lo, hi) {
-            n = split(list, v, " ")
-            if (n == 0) return ""
-            lo = hi = v[1] + 0
-            for (i = 2; i <= n; i++) { if (v[i] + 0 < lo) lo = v[i] + 0; if (v[i] + 0 > hi) hi = v[i] + 0 }
-            return sprintf("%.0f–%.0f", lo, hi)
-        }
+    rows | awk -F'\t' -v servers="$SERVERS" -v bp="$BACKPLANE" -v cpu0="$SERVER_CPU" "$AWK_STATS"'
         $1 == "fanout" {
             k = $3 SUBSEP $2
             if (!(($3) in seen)) { seen[$3] = 1; order[++ns] = $3 }

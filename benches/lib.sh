@@ -47,3 +47,23 @@ next_port() {
 field() { sed -n "s/.*\"$2\":\(-\{0,1\}[0-9][0-9.e+-]*\)[,}].*/\1/p" <<<"$1"; }
 # One string from a JSON line (empty when null; no escapes expected).
 sfield() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
+
+# awk functions for the tables: median and range of a space-separated list
+# of numbers, and a number rounded ("–" when missing). Put "$AWK_STATS"
+# before an awk program.
+AWK_STATS='
+function median(list,    n, v, i, j, t) {
+    n = split(list, v, " ")
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j-1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
+    return n % 2 ? v[(n+1)/2] : (v[n/2] + v[n/2+1]) / 2
+}
+function num(v) { return v == "" ? "–" : sprintf("%.0f", v) }
+function minmax(list,    n, v, i, lo, hi) {
+    n = split(list, v, " ")
+    if (n == 0) return "–"
+    lo = hi = v[1] + 0
+    for (i = 2; i <= n; i++) { if (v[i] + 0 < lo) lo = v[i] + 0; if (v[i] + 0 > hi) hi = v[i] + 0 }
+    return sprintf("%.0f–%.0f", lo, hi)
+}
+'
