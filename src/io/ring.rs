@@ -120,8 +120,10 @@ const BUF_SIZE: u32 = 32 << 10;
 const BGID: u16 = 0;
 /// Staged bytes (in flight or waiting) beyond which `poll_write` waits.
 const WRITE_HIGH_WATER: usize = 64 << 10;
-/// Send buffers kept in a worker's pool, and the largest one kept.
-const POOL_LEN: usize = 32;
+/// Bytes of send buffers kept in a worker's pool (enough for a few hundred
+/// connections sending at once without allocating), and the largest buffer
+/// kept.
+const POOL_BYTES: usize = 4 << 20;
 const POOL_MAX_BUF: usize = 128 << 10;
 /// `IORING_ENTER_GETEVENTS` (the `io-uring` crate keeps its constants
 /// private): with `DEFER_TASKRUN`, completions are only processed by an
@@ -405,8 +407,9 @@ struct Core {
     starved: RefCell<Vec<usize>>,
     /// Connections with staged bytes to send.
     flush: RefCell<Vec<usize>>,
-    /// Send buffers not in use.
+    /// Send buffers not in use, and their capacity in all.
     pool: RefCell<Vec<Vec<u8>>>,
+    pooled: Cell<usize>,
     /// Operations submitted (or queued) whose last completion has not come.
     inflight: Cell<usize>,
     /// Where the eventfd's pending read writes its count.
@@ -487,7 +490,9 @@ impl Core {
 
     /// A send buffer from the pool (or a new, empty one).
     fn take(&self) -> Vec<u8> {
-        self.pool.borrow_mut().pop().unwrap_or_default()
+        let buf = self.pool.borrow_mut().pop().unwrap_or_default();
+        self.pooled.set(self.pooled.get() - buf.capacity());
+        buf
     }
 
     /// Returns a send buffer to the pool.
@@ -495,10 +500,11 @@ impl Core {
         if buf.capacity() == 0 || buf.capacity() > POOL_MAX_BUF {
             return;
         }
-        let mut pool = self.pool.borrow_mut();
-        if pool.len() < POOL_LEN {
+        let pooled = self.pooled.get() + buf.capacity();
+        if pooled <= POOL_BYTES {
+            self.pooled.set(pooled);
             buf.clear();
-            pool.push(buf);
+            self.pool.borrow_mut().push(buf);
         }
     }
 
@@ -847,6 +853,7 @@ impl Reactor {
             starved: RefCell::default(),
             flush: RefCell::default(),
             pool: RefCell::default(),
+            pooled: Cell::new(0),
             inflight: Cell::new(0),
             wake_count: UnsafeCell::new(0),
             timespec: UnsafeCell::new(types::Timespec::new()),
