@@ -560,9 +560,13 @@ impl Core {
 
     /// Arms the read of the inbox's eventfd.
     fn arm_wake(&self, eventfd: &OwnedFd) {
-        let entry = opcode::Read::new(types::Fd(eventfd.as_raw_fd()), self.wake_count.get().cast(), 8)
-            .build()
-            .user_data(user_data(0, WAKE));
+        let entry = opcode::Read::new(
+            types::Fd(eventfd.as_raw_fd()),
+            self.wake_count.get().cast(),
+            8,
+        )
+        .build()
+        .user_data(user_data(0, WAKE));
         // SAFETY: `wake_count` lives in the core, which outlives every
         // operation (the teardown waits for them), and is never read or
         // written by us; the eventfd lives in the inbox, held by the
@@ -1065,7 +1069,11 @@ impl Reactor {
             Ok(_) => {}
             // Interrupted, or completions to reap before more can be
             // submitted: reaped below.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) => {}
             Err(e) => tracing::error!(error = %e, "io_uring_enter failed"),
         }
         if self.complete() {
@@ -1100,7 +1108,9 @@ impl Reactor {
                 SEND => self.sent(key, res, &mut slots, &mut run),
                 ACCEPT => {
                     let listeners = self.core.listeners.borrow();
-                    let Some(listener) = listeners.get(key) else { continue };
+                    let Some(listener) = listeners.get(key) else {
+                        continue;
+                    };
                     if !cqueue::more(flags) {
                         listener.armed.set(false);
                     }
@@ -1115,17 +1125,11 @@ impl Reactor {
                     }
                     queue(&mut slots, &mut run, listener.task.get());
                 }
-                TIMER => {
-                    if key == self.timer_gen.get() && self.armed.get().is_some() {
-                        self.armed.set(None);
-                        timer = true;
-                    }
+                TIMER if key == self.timer_gen.get() && self.armed.get().is_some() => {
+                    self.armed.set(None);
+                    timer = true;
                 }
-                WAKE => {
-                    if res != -libc::ECANCELED {
-                        self.core.arm_wake(&self.inbox.eventfd);
-                    }
-                }
+                WAKE if res != -libc::ECANCELED => self.core.arm_wake(&self.inbox.eventfd),
                 _ => {}
             }
         }
@@ -1282,7 +1286,10 @@ impl Drop for Reactor {
             let args = types::SubmitArgs::new().timespec(&ts);
             let res = core.ring.borrow().submitter().submit_with_args(1, &args);
             if let Err(e) = res
-                && !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY))
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                )
             {
                 tracing::error!(error = %e, "io_uring_enter failed at teardown");
                 break;
@@ -1369,11 +1376,7 @@ pub async fn accept_loop<H: Handler + 'static>(
         armed: Cell::new(false),
         accepted: RefCell::default(),
     });
-    let key = reactor
-        .core
-        .listeners
-        .borrow_mut()
-        .insert(listener.clone());
+    let key = reactor.core.listeners.borrow_mut().insert(listener.clone());
     // The accept task holds the reactor weakly: the reactor owns the task.
     let weak = Rc::downgrade(&reactor);
     let task = accept(key, listener.clone(), weak, handler);
@@ -1384,7 +1387,12 @@ pub async fn accept_loop<H: Handler + 'static>(
     std::future::pending().await
 }
 
-async fn accept<H: Handler>(key: usize, listener: Rc<Listener>, reactor: Weak<Reactor>, handler: H) {
+async fn accept<H: Handler>(
+    key: usize,
+    listener: Rc<Listener>,
+    reactor: Weak<Reactor>,
+    handler: H,
+) {
     let mut accepted = 0;
     loop {
         let res = std::future::poll_fn(|cx| {
