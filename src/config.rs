@@ -16,6 +16,9 @@ pub enum IoMode {
     Uring,
     /// tokio current-thread runtimes (epoll).
     Epoll,
+    /// io_uring through ringws's own event loop on the io-uring crate
+    /// (experimental); exit with an error if io_uring is unavailable.
+    Ring,
 }
 
 /// ringws: a thread-per-core WebSocket echo server (io_uring, with an epoll fallback).

@@ -101,6 +101,7 @@ impl Server {
             %local_addr,
             backend = %choice.backend,
             coop_taskrun = choice.uring.is_some_and(|f| f.coop_taskrun),
+            ring_flags = choice.ring.map_or("", |f| f.name()),
             workers,
             open_files = nofile,
             max_connections,

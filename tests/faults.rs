@@ -159,7 +159,7 @@ async fn settle(limit: u64, mut f: impl FnMut() -> u64) -> u64 {
 #[tokio::test]
 async fn resets_under_load_leave_no_session_fd_or_memory_behind() {
     raise_fd_limit();
-    for io in ["uring", "epoll"] {
+    for io in ["uring", "epoll", "ring"] {
         let server = Launch::new(&["--io", io, "--close-timeout", "1s"]).start();
         server.wait_ready().await;
         let addr = server.addr;
@@ -730,7 +730,7 @@ fn huge_length_header_allocates_nothing_proportional() {
 async fn fd_exhaustion_backs_off_and_recovers() {
     raise_fd_limit();
     const CLIENTS: usize = 120;
-    for io in ["uring", "epoll"] {
+    for io in ["uring", "epoll", "ring"] {
         // --max-connections above what the fds allow, so the fd limit and
         // not the session limit is what is hit.
         let server = Launch::new(&[
@@ -850,7 +850,7 @@ async fn fd_exhaustion_backs_off_and_recovers() {
 async fn fd_exhaustion_during_startup_does_not_stop_the_server() {
     raise_fd_limit();
     for attempt in 0..15 {
-        for io in ["uring", "epoll"] {
+        for io in ["uring", "epoll", "ring"] {
             let mut server = Launch::new(&["--io", io, "--max-connections", "1000"])
                 .nofile(64)
                 .start();

@@ -210,10 +210,10 @@ async fn probes_metrics_and_404() {
         let (status, head, body) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(head.contains("openmetrics-text"), "{head}");
-        let backend = if io == IoMode::Epoll {
-            "epoll"
-        } else {
-            "io_uring"
+        let backend = match io {
+            IoMode::Epoll => "epoll",
+            IoMode::Ring => "io_uring-ring",
+            _ => "io_uring",
         };
         for line in [
             "ringws_sessions_open 1\n".to_owned(),

@@ -1,6 +1,6 @@
 //! I/O backends: which one runs, why, and the runtime each worker builds.
 //!
-//! Both backends hand the rest of the server a stream that implements tokio's
+//! Every backend hands the rest of the server a stream that implements tokio's
 //! `AsyncRead + AsyncWrite + Unpin`; nothing above this module knows which
 //! backend it runs on.
 
@@ -11,6 +11,7 @@ use std::io;
 use crate::config::IoMode;
 
 pub mod epoll;
+pub mod ring;
 pub mod uring;
 
 /// The I/O backend the workers run on.
@@ -22,6 +23,10 @@ pub enum Backend {
     /// own epoll instance (connections, accept, timers and wakes; no tokio
     /// runtime).
     Epoll,
+    /// io_uring through an event loop of ringws's own on the `io-uring`
+    /// crate (`--io ring`): one ring per worker, receives from provided
+    /// buffers, one `io_uring_enter` per round.
+    Ring,
 }
 
 impl Backend {
@@ -30,6 +35,7 @@ impl Backend {
         match self {
             Backend::Uring => "io_uring",
             Backend::Epoll => "epoll",
+            Backend::Ring => "io_uring-ring",
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct Choice {
     pub backend: Backend,
     /// Ring settings when `backend` is io_uring.
     pub uring: Option<uring::RingFlags>,
+    /// Ring settings when `backend` is the ring backend.
+    pub ring: Option<ring::RingFlags>,
     /// Set when `--io auto` fell back to epoll: why io_uring could not be used.
     pub fallback: Option<String>,
 }
@@ -85,15 +93,26 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
     let epoll = |fallback| Choice {
         backend: Backend::Epoll,
         uring: None,
+        ring: None,
         fallback,
     };
     match mode {
         IoMode::Epoll => Ok(epoll(None)),
+        IoMode::Ring => match ring::probe() {
+            Ok(flags) => Ok(Choice {
+                backend: Backend::Ring,
+                uring: None,
+                ring: Some(flags),
+                fallback: None,
+            }),
+            Err(why) => Err(UringUnavailable(why)),
+        },
         IoMode::Uring | IoMode::Auto => match uring::probe() {
             Ok(_) if mode == IoMode::Auto && AUTO_PREFERS == Backend::Epoll => Ok(epoll(None)),
             Ok(flags) => Ok(Choice {
                 backend: Backend::Uring,
                 uring: Some(flags),
+                ring: None,
                 fallback: None,
             }),
             Err(why) if mode == IoMode::Auto => Ok(epoll(Some(why))),
@@ -110,13 +129,16 @@ pub enum Runtime {
     Uring(tokio_uring::Runtime),
     /// The worker's own event loop on its epoll instance (no tokio runtime).
     Epoll(std::rc::Rc<epoll::Reactor>),
+    /// The worker's own event loop on its io_uring instance.
+    Ring(std::rc::Rc<ring::Reactor>),
 }
 
 impl Runtime {
     /// Builds the runtime for `choice`.
     pub fn new(choice: &Choice) -> io::Result<Runtime> {
-        Ok(match (choice.backend, &choice.uring) {
-            (Backend::Uring, Some(flags)) => Runtime::Uring(uring::runtime(flags)?),
+        Ok(match (choice.backend, &choice.uring, choice.ring) {
+            (Backend::Uring, Some(flags), _) => Runtime::Uring(uring::runtime(flags)?),
+            (Backend::Ring, _, Some(flags)) => Runtime::Ring(ring::Reactor::new(flags)?),
             _ => Runtime::Epoll(epoll::Reactor::new()?),
         })
     }
@@ -128,6 +150,7 @@ impl Runtime {
         match self {
             Runtime::Uring(rt) => rt.block_on(f),
             Runtime::Epoll(reactor) => reactor.block_on(f),
+            Runtime::Ring(reactor) => reactor.block_on(f),
         }
     }
 
@@ -137,6 +160,7 @@ impl Runtime {
         match self {
             Runtime::Uring(_) => drop(tokio::task::spawn_local(f)),
             Runtime::Epoll(reactor) => reactor.spawn(f),
+            Runtime::Ring(reactor) => reactor.spawn(f),
         }
     }
 }
@@ -183,14 +207,21 @@ pub fn accept_loop<H: Handler + 'static>(
     listener: std::net::TcpListener,
     handler: H,
 ) -> impl Future<Output = io::Result<()>> + 'static {
+    enum Loop {
+        Uring,
+        Epoll(std::rc::Rc<epoll::Reactor>),
+        Ring(std::rc::Rc<ring::Reactor>),
+    }
     let reactor = match runtime {
-        Runtime::Uring(_) => None,
-        Runtime::Epoll(reactor) => Some(reactor.clone()),
+        Runtime::Uring(_) => Loop::Uring,
+        Runtime::Epoll(reactor) => Loop::Epoll(reactor.clone()),
+        Runtime::Ring(reactor) => Loop::Ring(reactor.clone()),
     };
     async move {
         match reactor {
-            None => uring::accept_loop(listener, handler).await,
-            Some(reactor) => epoll::accept_loop(listener, reactor, handler).await,
+            Loop::Uring => uring::accept_loop(listener, handler).await,
+            Loop::Epoll(reactor) => epoll::accept_loop(listener, reactor, handler).await,
+            Loop::Ring(reactor) => ring::accept_loop(listener, reactor, handler).await,
         }
     }
 }

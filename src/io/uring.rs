@@ -95,7 +95,7 @@ pub fn probe() -> Result<RingFlags, String> {
 }
 
 /// Why `io_uring_setup` failed, in words an operator can act on.
-fn explain(e: &io::Error) -> String {
+pub(super) fn explain(e: &io::Error) -> String {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();

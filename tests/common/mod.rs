@@ -13,8 +13,8 @@ use ringws::{Config, IoMode, RunningServer, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Both backends, for tests that run on each.
-pub const BACKENDS: [IoMode; 2] = [IoMode::Uring, IoMode::Epoll];
+/// Every backend, for tests that run on each.
+pub const BACKENDS: [IoMode; 3] = [IoMode::Uring, IoMode::Epoll, IoMode::Ring];
 
 /// Starts an in-process server on 127.0.0.1:0 with two workers.
 pub fn start(io: IoMode, tweak: impl FnOnce(&mut Config)) -> RunningServer {
@@ -28,10 +28,10 @@ pub fn start(io: IoMode, tweak: impl FnOnce(&mut Config)) -> RunningServer {
     };
     tweak(&mut config);
     let server = Server::bind(config).expect("bind").start().expect("start");
-    let expected = if io == IoMode::Epoll {
-        ringws::Backend::Epoll
-    } else {
-        ringws::Backend::Uring
+    let expected = match io {
+        IoMode::Epoll => ringws::Backend::Epoll,
+        IoMode::Ring => ringws::Backend::Ring,
+        _ => ringws::Backend::Uring,
     };
     assert_eq!(server.backend(), expected);
     server
