@@ -77,7 +77,7 @@ impl fmt::Display for UringUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "--io uring: io_uring is unavailable: {} (use --io epoll or --io auto)",
+            "io_uring is unavailable: {} (use --io epoll or --io auto)",
             self.0
         )
     }

@@ -10,11 +10,11 @@
 //! waits for the next completion:
 //!
 //! - **accept**: one multishot accept on the worker's listener; accepted
-//!   sockets queue in the [`Listener`] until the accept task takes them
+//!   sockets queue in the `Listener` until the accept task takes them
 //!   (re-armed when a completion says the multishot ended, e.g. after
 //!   `EMFILE`, once the accept task has backed off);
 //! - **receive**: a one-shot `recv` with buffer select from a ring of
-//!   provided buffers per worker ([`BufRing`]), armed when the connection's
+//!   provided buffers per worker (`BufRing`), armed when the connection's
 //!   stream is read and has nothing buffered. An idle connection holds no
 //!   read buffer: the kernel picks one only when data arrives. A receive
 //!   that finds the ring empty (`ENOBUFS`) is re-armed once buffers came
