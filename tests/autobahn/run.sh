@@ -128,25 +128,9 @@ log "$("$VENV/bin/wstest" -a 2>/dev/null | tr '\n' ' ')"
 # ---------------------------------------------------------------- server
 [ -x "$RINGWS_BIN" ] || die "ringws binary not found at $RINGWS_BIN (run 'cargo build --release' first or set RINGWS_BIN)"
 
-# A free port below 32768: one from the kernel's ephemeral range (what binding
-# port 0 gives) could be taken by a client's socket before the server binds it.
+# A free port below 32768 (tests/free_port.py says why).
 free_port() {
-    python3 -c '
-import random, socket
-for _ in range(1000):
-    port = random.randint(20000, 32000)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(port)
-    break
-else:
-    raise SystemExit("no free port in 20000-32000")
-'
+    python3 "$HERE/../free_port.py"
 }
 
 wait_healthy() { # port pid
