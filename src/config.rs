@@ -56,6 +56,15 @@ pub struct Config {
     #[arg(long = "io", env = "RINGWS_IO", value_enum, default_value_t = IoMode::Auto)]
     pub io: IoMode,
 
+    /// io_uring: receive buffers per worker, 32 KiB each, lent to whichever
+    /// connection has bytes arriving (a power of two, at most 32768). An
+    /// idle connection holds none; when all are in use, receives wait for
+    /// one to come back (`ringws_receive_buffer_waits_total`). Pages of
+    /// the buffers become resident as they are first used: 128 buffers
+    /// are at most 4 MiB per worker.
+    #[arg(long, env = "RINGWS_RECV_BUFFERS", default_value_t = 128, value_parser = parse_buffers)]
+    pub recv_buffers: u16,
+
     /// Most WebSocket sessions open at once (whole process); further upgrades
     /// get 503 with Retry-After [default: the open-file limit minus 64, minus 8
     /// per worker].
@@ -198,6 +207,7 @@ impl Default for Config {
             path: "/ws".to_owned(),
             workers: None,
             io: IoMode::Auto,
+            recv_buffers: 128,
             max_connections: None,
             max_message_size: 16 << 20,
             idle_timeout: Duration::from_secs(60),
@@ -244,8 +254,15 @@ pub enum Deflate {
     Dedicated,
 }
 
-/// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`
-/// (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1,024) suffix.
+/// A `--recv-buffers`: a power of two from 1 to 32768 (the kernel's
+/// largest buffer ring).
+fn parse_buffers(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() => Ok(n),
+        _ => Err(format!("{text}: a power of two from 1 to 32768")),
+    }
+}
+
 /// A `--deflate-window`: a size up to 32 KiB, deflate's farthest reach.
 fn parse_window(text: &str) -> Result<usize, String> {
     let size = parse_size(text)?;
@@ -257,6 +274,8 @@ fn parse_window(text: &str) -> Result<usize, String> {
     Ok(size as usize)
 }
 
+/// Parses a byte count: a number with an optional `KiB`, `MiB` or `GiB`
+/// (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1,024) suffix.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text

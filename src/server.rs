@@ -75,7 +75,7 @@ impl Server {
     /// Chooses the backend, raises the open-file limit and binds one
     /// listener per worker. Logs the backend (and why, after a fallback).
     pub fn bind(config: Config) -> Result<Server, Error> {
-        let choice = backends::choose(config.io).map_err(Error::Uring)?;
+        let choice = backends::choose(config.io, config.recv_buffers).map_err(Error::Uring)?;
         match (&choice.fallback, config.io, choice.backend) {
             (Some(why), _, _) => tracing::warn!("io_uring unavailable, serving on epoll: {why}"),
             (None, IoMode::Auto, Backend::Epoll) => tracing::info!(
@@ -101,7 +101,8 @@ impl Server {
             %local_addr,
             backend = %choice.backend,
             coop_taskrun = choice.uring.is_some_and(|f| f.coop_taskrun),
-            ring_flags = choice.ring.map_or("", |f| f.name()),
+            ring_flags = choice.ring.map_or("", |r| r.flags.name()),
+            recv_buffers = choice.ring.map_or(0, |r| r.buffers),
             workers,
             open_files = nofile,
             max_connections,

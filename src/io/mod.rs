@@ -64,7 +64,7 @@ pub struct Choice {
     /// Ring settings when `backend` is io_uring.
     pub uring: Option<uring::RingFlags>,
     /// Ring settings when `backend` is the ring backend.
-    pub ring: Option<ring::RingFlags>,
+    pub ring: Option<ring::Setup>,
     /// Set when `--io auto` fell back to epoll: why io_uring could not be used.
     pub fallback: Option<String>,
 }
@@ -85,11 +85,12 @@ impl fmt::Display for UringUnavailable {
 
 impl std::error::Error for UringUnavailable {}
 
-/// Resolves `--io` to a backend, probing io_uring when it may be used.
+/// Resolves `--io` to a backend, probing io_uring when it may be used;
+/// `recv_buffers` is the ring backend's provided buffers per worker.
 ///
 /// `auto` always probes, so the log says whether io_uring could have been
 /// used; it then takes [`AUTO_PREFERS`] when io_uring is available.
-pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
+pub fn choose(mode: IoMode, recv_buffers: u16) -> Result<Choice, UringUnavailable> {
     let epoll = |fallback| Choice {
         backend: Backend::Epoll,
         uring: None,
@@ -102,7 +103,10 @@ pub fn choose(mode: IoMode) -> Result<Choice, UringUnavailable> {
             Ok(flags) => Ok(Choice {
                 backend: Backend::Ring,
                 uring: None,
-                ring: Some(flags),
+                ring: Some(ring::Setup {
+                    flags,
+                    buffers: recv_buffers,
+                }),
                 fallback: None,
             }),
             Err(why) => Err(UringUnavailable(why)),
@@ -138,7 +142,7 @@ impl Runtime {
     pub fn new(choice: &Choice) -> io::Result<Runtime> {
         Ok(match (choice.backend, &choice.uring, choice.ring) {
             (Backend::Uring, Some(flags), _) => Runtime::Uring(uring::runtime(flags)?),
-            (Backend::Ring, _, Some(flags)) => Runtime::Ring(ring::Reactor::new(flags)?),
+            (Backend::Ring, _, Some(setup)) => Runtime::Ring(ring::Reactor::new(setup)?),
             _ => Runtime::Epoll(epoll::Reactor::new()?),
         })
     }

@@ -57,7 +57,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -106,16 +106,34 @@ impl RingFlags {
     }
 }
 
+/// How a worker's ring is set up.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// The ring's flags ([`probe`]).
+    pub flags: RingFlags,
+    /// Provided receive buffers (a power of two), of [`BUF_SIZE`] bytes.
+    pub buffers: u16,
+}
+
+/// Receives that found every provided buffer in use, in the whole process
+/// (`ringws_receive_buffer_waits_total`).
+static BUFFER_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// How many receives found every provided buffer in use and waited for one
+/// to come back, over every ring worker of the process.
+pub fn buffer_waits() -> u64 {
+    BUFFER_WAITS.load(Ordering::Relaxed)
+}
+
 /// Submission queue entries per ring.
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue entries per ring (the kernel keeps overflowing
 /// completions aside, `FEAT_NODROP`, so this only sizes the fast path).
 const CQ_ENTRIES: u32 = 8192;
-/// Provided buffers per worker (a power of two) and their size. 32 KiB: a
-/// 16 KiB message and its header arrive in one buffer. Only the pages the
-/// kernel wrote to become resident.
-const BUF_COUNT: u16 = 128;
-const BUF_SIZE: u32 = 32 << 10;
+/// The size of a provided buffer (there are `--recv-buffers` per worker).
+/// 32 KiB: a 16 KiB message and its header arrive in one buffer. Only the
+/// pages the kernel wrote to become resident.
+pub const BUF_SIZE: u32 = 32 << 10;
 /// The buffer group of the provided-buffer ring.
 const BGID: u16 = 0;
 /// Staged bytes (in flight or waiting) beyond which `poll_write` waits.
@@ -177,7 +195,7 @@ fn user_data(key: usize, kind: u64) -> u64 {
     ((key as u64) << KIND_BITS) | kind
 }
 
-/// The provided-buffer ring of a worker: `BUF_COUNT` buffers of `BUF_SIZE`
+/// The provided-buffer ring of a worker: `count` buffers of `size`
 /// bytes, and the ring of their descriptions the kernel takes them from.
 struct BufRing {
     /// `count` entries, page-aligned, registered with the kernel.
@@ -878,11 +896,11 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// A reactor with its ring (set up with `flags`), provided buffers and
+    /// A reactor with its ring (set up as `setup` says), provided buffers and
     /// eventfd.
-    pub fn new(flags: RingFlags) -> io::Result<Rc<Reactor>> {
-        let ring = flags.builder().build(SQ_ENTRIES)?;
-        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+    pub fn new(setup: Setup) -> io::Result<Rc<Reactor>> {
+        let ring = setup.flags.builder().build(SQ_ENTRIES)?;
+        let bufs = BufRing::new(&ring, setup.buffers, BUF_SIZE)?;
         use rustix::event::{EventfdFlags, eventfd};
         let wake = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
         let core = Rc::new(Core {
@@ -1199,6 +1217,7 @@ impl Reactor {
             }
             (0, _) => state.eof = true,
             (e, _) if e == -libc::ENOBUFS => {
+                BUFFER_WAITS.fetch_add(1, Ordering::Relaxed);
                 state.recv = Recv::Starved;
                 core.starved.borrow_mut().push(key);
             }
@@ -1470,7 +1489,12 @@ mod tests {
     use super::*;
 
     fn reactor() -> Rc<Reactor> {
-        Reactor::new(probe().expect("io_uring")).unwrap()
+        reactor_with(128)
+    }
+
+    fn reactor_with(buffers: u16) -> Rc<Reactor> {
+        let flags = probe().expect("io_uring");
+        Reactor::new(Setup { flags, buffers }).unwrap()
     }
 
     #[test]
@@ -1519,12 +1543,14 @@ mod tests {
         assert!(spins.get() > 1, "the task ran {} times", spins.get());
     }
 
-    /// More connections than provided buffers, all sending at once: every
-    /// receive that finds the ring empty is re-armed, every byte arrives.
+    /// Far more connections than provided buffers (4), all sending at
+    /// once: every receive that finds the ring empty is re-armed, every
+    /// byte arrives.
     #[test]
     fn more_senders_than_buffers_all_arrive() {
-        const CONNS: usize = 3 * BUF_COUNT as usize;
-        let reactor = reactor();
+        const CONNS: usize = 384;
+        let reactor = reactor_with(4);
+        let waits = buffer_waits();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let clients = std::thread::spawn(move || {
@@ -1559,5 +1585,6 @@ mod tests {
         });
         clients.join().unwrap();
         assert_eq!(reactor.core.bufs.held.get(), 0, "every buffer is back");
+        assert!(buffer_waits() > waits, "some receive found the ring empty");
     }
 }
