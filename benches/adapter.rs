@@ -1,6 +1,6 @@
-//! The io_uring poll adapter against tokio's own `TcpStream`, on loopback:
-//! a 1 KiB round trip to an echo peer on another thread, each side pinned
-//! to nothing in particular (compare the two lines of one run).
+//! The io_uring backend's stream against tokio's own `TcpStream`, on
+//! loopback: a 1 KiB round trip to an echo peer on another thread, each
+//! side pinned to nothing in particular (compare the two lines of one run).
 //!
 //! `cargo bench --bench adapter`
 
@@ -66,20 +66,24 @@ fn adapter(c: &mut Criterion) {
     });
     match ringws::io::uring::probe() {
         Ok(flags) => {
-            group.bench_function("uring_adapter", |b| {
+            let setup = ringws::io::uring::Setup {
+                flags,
+                buffers: 128,
+            };
+            let reactor = ringws::io::uring::Reactor::new(setup).unwrap();
+            group.bench_function("uring_stream", |b| {
                 b.iter_custom(|iters| {
-                    ringws::io::uring::block_on(&flags, async {
-                        let std = TcpStream::connect(addr).unwrap();
-                        std.set_nodelay(true).unwrap();
-                        let stream = tokio_uring::net::TcpStream::from_std(std);
-                        let mut io = ringws::io::uring::UringStream::boxed(stream);
-                        round_trips(&mut io, iters).await
-                    })
-                    .unwrap()
+                    let std = TcpStream::connect(addr).unwrap();
+                    std.set_nodelay(true).unwrap();
+                    let (took, done) = tokio::sync::oneshot::channel();
+                    reactor.add(std.into(), move |mut io| async move {
+                        let _ = took.send(round_trips(&mut io, iters).await);
+                    });
+                    reactor.block_on(done).unwrap()
                 })
             });
         }
-        Err(why) => eprintln!("skipping uring_adapter: {why}"),
+        Err(why) => eprintln!("skipping uring_stream: {why}"),
     }
     group.finish();
 }

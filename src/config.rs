@@ -12,13 +12,11 @@ pub enum IoMode {
     /// Probe io_uring at startup, then serve on the backend measured cheaper
     /// per message (epoll, on the kernels measured so far; see README).
     Auto,
-    /// tokio-uring (io_uring); exit with an error if the kernel or seccomp forbids it.
+    /// io_uring (ringws's own event loop on each worker's ring); exit with
+    /// an error if the kernel or seccomp forbids it.
     Uring,
-    /// tokio current-thread runtimes (epoll).
+    /// epoll (ringws's own event loop on each worker's epoll instance).
     Epoll,
-    /// io_uring through ringws's own event loop on the io-uring crate
-    /// (experimental); exit with an error if io_uring is unavailable.
-    Ring,
 }
 
 /// ringws: a thread-per-core WebSocket echo server (io_uring, with an epoll fallback).

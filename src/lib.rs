@@ -15,7 +15,7 @@
 //! | `context` | what a worker's connections share: process-wide state, the worker's own, a session's slot |
 //! | `listener` | one SO_REUSEPORT listener per worker |
 //! | `worker` | a worker's runtime, accept loop, session count, drain |
-//! | [`io`] | the backends: io_uring (tokio-uring + poll adapter), epoll (a per-worker event loop on its own epoll instance) and the experimental ring (a per-worker event loop on its own io_uring instance, `--io ring`) |
+//! | [`io`] | the backends, each a per-worker event loop of ringws's own: io_uring (on its own ring: provided receive buffers, one `io_uring_enter` per round) and epoll (on its own epoll instance) |
 //! | `http` | the HTTP phase: the request head (capped), then hyper: routes, probes, metrics, upgrade hand-off |
 //! | `app` | a program's `main`: [`run`] parses the configuration, logs, serves, drains on SIGTERM |
 //! | [`handler`] | the application's API: upgrade decisions, session events, sending; [`Echo`] |

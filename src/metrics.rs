@@ -325,13 +325,13 @@ impl Collector for Scrape {
             "Messages dropped: a send found --max-backpressure bytes queued (policy drop).",
             m.sum(|w| &w.backpressure_drops),
         )?;
-        if m.backend == Backend::Ring {
+        if m.backend == Backend::Uring {
             counter(
                 &mut enc,
                 "ringws_receive_buffer_waits",
                 "Receives that found every provided buffer of their worker in use and waited \
                  for one (--recv-buffers).",
-                crate::io::ring::buffer_waits(),
+                crate::io::uring::buffer_waits(),
             )?;
         }
         if let Some(b) = m.backplane.get() {

@@ -100,9 +100,8 @@ impl Server {
         tracing::info!(
             %local_addr,
             backend = %choice.backend,
-            coop_taskrun = choice.uring.is_some_and(|f| f.coop_taskrun),
-            ring_flags = choice.ring.map_or("", |r| r.flags.name()),
-            recv_buffers = choice.ring.map_or(0, |r| r.buffers),
+            ring_flags = choice.uring.map_or("", |r| r.flags.name()),
+            recv_buffers = choice.uring.map_or(0, |r| r.buffers),
             workers,
             open_files = nofile,
             max_connections,

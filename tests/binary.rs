@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn sigterm_drains_with_close_1001_and_exits_0() {
-    for io in ["uring", "epoll", "ring"] {
+    for io in ["uring", "epoll"] {
         let mut server = Launch::new(&["--io", io, "--drain-timeout", "10s"]).start();
         let addr = server.addr;
         let mut clients = Vec::new();
@@ -172,7 +172,7 @@ async fn huge_pages_are_off_unless_mimalloc_is_told_otherwise() {
 /// long before that; a well-behaved client still gets Close 1001.
 #[tokio::test]
 async fn a_peer_that_never_reads_does_not_hold_the_drain() {
-    for io in ["uring", "epoll", "ring"] {
+    for io in ["uring", "epoll"] {
         let args = [
             "--io",
             io,

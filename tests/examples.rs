@@ -10,7 +10,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const IO: [&str; 3] = ["uring", "epoll", "ring"];
+const IO: [&str; 2] = ["uring", "epoll"];
 
 async fn text(s: &mut TcpStream) -> String {
     let f = read_frame(s).await;

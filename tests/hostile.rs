@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 /// The backends, as `--io` values.
-const IO: [&str; 3] = ["epoll", "uring", "ring"];
+const IO: [&str; 2] = ["epoll", "uring"];
 
 /// One test of this file at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -38,7 +38,7 @@ fn worker_switches(pid: u32) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn an_idle_worker_wakes_at_most_once_a_second() {
     const SECONDS: u64 = 4;
-    for io in ["uring", "epoll", "ring"] {
+    for io in ["uring", "epoll"] {
         let server = Launch::new(&["--io", io]).workers(2).start();
         server.wait_ready().await;
         // Idle connections that each echoed once: their sessions held read

@@ -212,7 +212,6 @@ async fn probes_metrics_and_404() {
         assert!(head.contains("openmetrics-text"), "{head}");
         let backend = match io {
             IoMode::Epoll => "epoll",
-            IoMode::Ring => "io_uring-ring",
             _ => "io_uring",
         };
         for line in [

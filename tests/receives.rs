@@ -82,7 +82,7 @@ const MESSAGES: usize = 4;
 async fn sixteen_receive_buffers_serve_two_thousand_busy_connections() {
     let _serial = SERIAL.lock().await;
     raise_fd_limit();
-    let server = start(IoMode::Ring, |c| c.recv_buffers = 16);
+    let server = start(IoMode::Uring, |c| c.recv_buffers = 16);
     let addr = server.local_addr();
     let gate = Arc::new(Semaphore::new(200));
     let barrier = Arc::new(Barrier::new(BUSY));
@@ -208,7 +208,7 @@ async fn close_code_after_pings(s: &mut TcpStream) -> Option<u16> {
 async fn closing_and_draining_with_receives_armed_leave_no_fd_behind() {
     let _serial = SERIAL.lock().await;
     raise_fd_limit();
-    for io in ["uring", "epoll", "ring"] {
+    for io in ["uring", "epoll"] {
         let mut server = Launch::new(&["--io", io, "--idle-timeout", "1s"]).start();
         server.wait_ready().await;
         let addr = server.addr;

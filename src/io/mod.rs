@@ -11,22 +11,18 @@ use std::io;
 use crate::config::IoMode;
 
 pub mod epoll;
-pub mod ring;
 pub mod uring;
 
 /// The I/O backend the workers run on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// tokio-uring: completion-based io_uring, one ring per worker.
+    /// io_uring: each worker is an event loop of its own on its own ring
+    /// (one `io_uring_enter` per round, receives from provided buffers).
     Uring,
     /// Readiness-based epoll: each worker is an event loop of its own on its
     /// own epoll instance (connections, accept, timers and wakes; no tokio
     /// runtime).
     Epoll,
-    /// io_uring through an event loop of ringws's own on the `io-uring`
-    /// crate (`--io ring`): one ring per worker, receives from provided
-    /// buffers, one `io_uring_enter` per round.
-    Ring,
 }
 
 impl Backend {
@@ -35,7 +31,6 @@ impl Backend {
         match self {
             Backend::Uring => "io_uring",
             Backend::Epoll => "epoll",
-            Backend::Ring => "io_uring-ring",
         }
     }
 }
@@ -48,12 +43,14 @@ impl fmt::Display for Backend {
 
 /// The backend `--io auto` picks when io_uring is available.
 ///
-/// Decided by measurement (docs/performance.md; re-measure on your kernel
-/// with `benches/compare.sh`): on this machine's kernel (6.18) the epoll
-/// backend cost less server CPU per message than the io_uring one at 20 B,
-/// 16 KiB and per handshake in every run, at 1 KiB in all but one (a tie),
-/// and a third of the memory per idle connection, as the design's prototypes
-/// of three io_uring routes had found (none beat tokio's epoll there).
+/// Decided by measurement (docs/performance.md, "io_uring"; re-measure on
+/// your kernel with `benches/compare.sh`): on this machine's kernel (6.18)
+/// the io_uring loop costs less server CPU per message than epoll at 20 B
+/// and 1 KiB (0.89×, 0.88×) but more at 16 KiB (1.07×: each message is
+/// copied out of a provided buffer and into a send buffer, which epoll's
+/// `recv` and `send` do not need) and as much per handshake (1.02×), and it
+/// holds 653 bytes per idle connection against epoll's 420. Memory per
+/// connection is what sets the replica count, so epoll stays the default.
 pub const AUTO_PREFERS: Backend = Backend::Epoll;
 
 /// The outcome of [`choose`].
@@ -61,10 +58,8 @@ pub const AUTO_PREFERS: Backend = Backend::Epoll;
 pub struct Choice {
     /// The backend to run.
     pub backend: Backend,
-    /// Ring settings when `backend` is io_uring.
-    pub uring: Option<uring::RingFlags>,
-    /// Ring settings when `backend` is the ring backend.
-    pub ring: Option<ring::Setup>,
+    /// How each worker's ring is set up when `backend` is io_uring.
+    pub uring: Option<uring::Setup>,
     /// Set when `--io auto` fell back to epoll: why io_uring could not be used.
     pub fallback: Option<String>,
 }
@@ -86,7 +81,7 @@ impl fmt::Display for UringUnavailable {
 impl std::error::Error for UringUnavailable {}
 
 /// Resolves `--io` to a backend, probing io_uring when it may be used;
-/// `recv_buffers` is the ring backend's provided buffers per worker.
+/// `recv_buffers` is the io_uring backend's provided buffers per worker.
 ///
 /// `auto` always probes, so the log says whether io_uring could have been
 /// used; it then takes [`AUTO_PREFERS`] when io_uring is available.
@@ -94,29 +89,18 @@ pub fn choose(mode: IoMode, recv_buffers: u16) -> Result<Choice, UringUnavailabl
     let epoll = |fallback| Choice {
         backend: Backend::Epoll,
         uring: None,
-        ring: None,
         fallback,
     };
     match mode {
         IoMode::Epoll => Ok(epoll(None)),
-        IoMode::Ring => match ring::probe() {
-            Ok(flags) => Ok(Choice {
-                backend: Backend::Ring,
-                uring: None,
-                ring: Some(ring::Setup {
-                    flags,
-                    buffers: recv_buffers,
-                }),
-                fallback: None,
-            }),
-            Err(why) => Err(UringUnavailable(why)),
-        },
         IoMode::Uring | IoMode::Auto => match uring::probe() {
             Ok(_) if mode == IoMode::Auto && AUTO_PREFERS == Backend::Epoll => Ok(epoll(None)),
             Ok(flags) => Ok(Choice {
                 backend: Backend::Uring,
-                uring: Some(flags),
-                ring: None,
+                uring: Some(uring::Setup {
+                    flags,
+                    buffers: recv_buffers,
+                }),
                 fallback: None,
             }),
             Err(why) if mode == IoMode::Auto => Ok(epoll(Some(why))),
@@ -129,32 +113,28 @@ pub fn choose(mode: IoMode, recv_buffers: u16) -> Result<Choice, UringUnavailabl
 /// the worker serves, so that a worker that cannot get one (no file
 /// descriptors, no memory) fails the server's start rather than its service.
 pub enum Runtime {
-    /// tokio-uring's runtime (a tokio current-thread runtime with a ring).
-    Uring(tokio_uring::Runtime),
-    /// The worker's own event loop on its epoll instance (no tokio runtime).
-    Epoll(std::rc::Rc<epoll::Reactor>),
     /// The worker's own event loop on its io_uring instance.
-    Ring(std::rc::Rc<ring::Reactor>),
+    Uring(std::rc::Rc<uring::Reactor>),
+    /// The worker's own event loop on its epoll instance.
+    Epoll(std::rc::Rc<epoll::Reactor>),
 }
 
 impl Runtime {
     /// Builds the runtime for `choice`.
     pub fn new(choice: &Choice) -> io::Result<Runtime> {
-        Ok(match (choice.backend, &choice.uring, choice.ring) {
-            (Backend::Uring, Some(flags), _) => Runtime::Uring(uring::runtime(flags)?),
-            (Backend::Ring, _, Some(setup)) => Runtime::Ring(ring::Reactor::new(setup)?),
-            _ => Runtime::Epoll(epoll::Reactor::new()?),
+        Ok(match choice.uring {
+            Some(setup) => Runtime::Uring(uring::Reactor::new(setup)?),
+            None => Runtime::Epoll(epoll::Reactor::new()?),
         })
     }
 
     /// Runs `f` to completion on this thread, with the tasks spawned on it.
     /// Inside, [`Runtime::spawn`], [`crate::timer`] and `tokio::sync` work
-    /// on both backends (`tokio::time` and tokio's I/O only on io_uring).
+    /// (`tokio::time` and tokio's I/O do not: no tokio runtime runs here).
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         match self {
-            Runtime::Uring(rt) => rt.block_on(f),
+            Runtime::Uring(reactor) => reactor.block_on(f),
             Runtime::Epoll(reactor) => reactor.block_on(f),
-            Runtime::Ring(reactor) => reactor.block_on(f),
         }
     }
 
@@ -162,9 +142,8 @@ impl Runtime {
     /// [`Runtime::block_on`] (called from within it).
     pub fn spawn(&self, f: impl Future<Output = ()> + 'static) {
         match self {
-            Runtime::Uring(_) => drop(tokio::task::spawn_local(f)),
+            Runtime::Uring(reactor) => reactor.spawn(f),
             Runtime::Epoll(reactor) => reactor.spawn(f),
-            Runtime::Ring(reactor) => reactor.spawn(f),
         }
     }
 }
@@ -211,21 +190,14 @@ pub fn accept_loop<H: Handler + 'static>(
     listener: std::net::TcpListener,
     handler: H,
 ) -> impl Future<Output = io::Result<()>> + 'static {
-    enum Loop {
-        Uring,
-        Epoll(std::rc::Rc<epoll::Reactor>),
-        Ring(std::rc::Rc<ring::Reactor>),
-    }
-    let reactor = match runtime {
-        Runtime::Uring(_) => Loop::Uring,
-        Runtime::Epoll(reactor) => Loop::Epoll(reactor.clone()),
-        Runtime::Ring(reactor) => Loop::Ring(reactor.clone()),
+    let runtime = match runtime {
+        Runtime::Uring(reactor) => Runtime::Uring(reactor.clone()),
+        Runtime::Epoll(reactor) => Runtime::Epoll(reactor.clone()),
     };
     async move {
-        match reactor {
-            Loop::Uring => uring::accept_loop(listener, handler).await,
-            Loop::Epoll(reactor) => epoll::accept_loop(listener, reactor, handler).await,
-            Loop::Ring(reactor) => ring::accept_loop(listener, reactor, handler).await,
+        match runtime {
+            Runtime::Uring(reactor) => uring::accept_loop(listener, reactor, handler).await,
+            Runtime::Epoll(reactor) => epoll::accept_loop(listener, reactor, handler).await,
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Every backend, for tests that run on each.
-pub const BACKENDS: [IoMode; 3] = [IoMode::Uring, IoMode::Epoll, IoMode::Ring];
+pub const BACKENDS: [IoMode; 2] = [IoMode::Uring, IoMode::Epoll];
 
 /// Starts an in-process server on 127.0.0.1:0 with two workers.
 pub fn start(io: IoMode, tweak: impl FnOnce(&mut Config)) -> RunningServer {
@@ -30,7 +30,6 @@ pub fn start(io: IoMode, tweak: impl FnOnce(&mut Config)) -> RunningServer {
     let server = Server::bind(config).expect("bind").start().expect("start");
     let expected = match io {
         IoMode::Epoll => ringws::Backend::Epoll,
-        IoMode::Ring => ringws::Backend::Ring,
         _ => ringws::Backend::Uring,
     };
     assert_eq!(server.backend(), expected);
