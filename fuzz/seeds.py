@@ -146,7 +146,7 @@ def main():
     hs.append(b"GET /ws HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 10000 + b"\r\n\r\n")
     # adapter: [op, size] pairs (see fuzz_targets/adapter.rs): 0 peer write,
     # 1 adapter read, 2 adapter write, 3 flush, 4 peer read, 5 vectored
-    # write, 6 peer shutdown, 7 abandoned read.
+    # write, 6 peer shutdown, 7 a read left armed (polled once, then other ops).
     out["adapter"] = [
         bytes([0, 10, 1, 3, 1, 200, 2, 20, 3, 0, 4, 0]),
         bytes([0, 255, 0, 255, 1, 0, 1, 130, 1, 255, 6, 0, 1, 255, 1, 255]),
