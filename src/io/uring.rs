@@ -673,6 +673,9 @@ impl UringStream {
         if let Some(e) = state.write_error {
             return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
         }
+        if cx_parts.iter().all(|part| part.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
         let pending = pending(&state.out);
         if pending >= WRITE_HIGH_WATER {
             state.want_write = true;
@@ -1609,5 +1612,17 @@ mod tests {
         clients.join().unwrap();
         assert_eq!(reactor.core.bufs.held.get(), 0, "every buffer is back");
         assert!(buffer_waits() > waits, "some receive found the ring empty");
+    }
+
+    /// What an idle connection holds in the loop beside its task: the block
+    /// of its `Rc<Conn>` (two counts and the state; docs/performance.md,
+    /// "io_uring") and its entry in the connection slab.
+    #[test]
+    fn connection_state_stays_small() {
+        let block = 2 * size_of::<usize>() + size_of::<Conn>();
+        let entry = size_of::<Rc<Conn>>() + size_of::<usize>();
+        eprintln!("Rc<Conn> block {block} B, slab entry {entry} B");
+        assert!(block <= 112, "Rc<Conn> block {block} B");
+        assert!(entry <= 16, "slab entry {entry} B");
     }
 }
