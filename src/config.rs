@@ -9,8 +9,9 @@ use clap::{Parser, ValueEnum};
 /// Which I/O backend the workers run on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IoMode {
-    /// Probe io_uring at startup, then serve on the backend measured cheaper
-    /// per message (epoll, on the kernels measured so far; see README).
+    /// Probe io_uring at startup, then serve on the backend that measured
+    /// better: epoll on the kernels measured so far (less memory per
+    /// connection at the same CPU per message; see README).
     Auto,
     /// io_uring (ringws's own event loop on each worker's ring); exit with
     /// an error if the kernel or seccomp forbids it.
@@ -49,8 +50,9 @@ pub struct Config {
     #[arg(long, env = "RINGWS_WORKERS")]
     pub workers: Option<NonZeroUsize>,
 
-    /// I/O backend: `auto` prefers the backend that measured cheaper per message
-    /// and falls back to epoll when io_uring is unavailable.
+    /// I/O backend: `auto` prefers the backend that measured better (epoll:
+    /// less memory per connection at the same CPU per message) and falls
+    /// back to epoll when io_uring is unavailable.
     #[arg(long = "io", env = "RINGWS_IO", value_enum, default_value_t = IoMode::Auto)]
     pub io: IoMode,
 

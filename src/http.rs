@@ -254,9 +254,10 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
     connection: close\r\n\r\nmore than 100 header lines\n";
 
 /// Sends `answer` and closes. What the client sent past the head is not
-/// read: draining it would keep a large read buffer busy per connection on
-/// the io_uring backend (1,000 connections sending 384 KB heads held 42 MB
-/// that way), and closing with bytes unread resets the connection, which
+/// read: draining it would keep a read buffer busy per connection (on
+/// tokio-uring, 1,000 connections sending 384 KB heads held 42 MB that
+/// way; on the io_uring loop it would hold the worker's receive buffers),
+/// and closing with bytes unread resets the connection, which
 /// the client sees after the answer, already sent ahead of our FIN.
 async fn refuse<S: Stream>(mut io: S, answer: &[u8]) {
     if io.write_all(answer).await.is_ok() {

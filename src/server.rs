@@ -79,8 +79,9 @@ impl Server {
         match (&choice.fallback, config.io, choice.backend) {
             (Some(why), _, _) => tracing::warn!("io_uring unavailable, serving on epoll: {why}"),
             (None, IoMode::Auto, Backend::Epoll) => tracing::info!(
-                "io_uring is available; --io auto prefers epoll, which measured cheaper per \
-                 message (README, Performance); --io uring overrides"
+                "io_uring is available; --io auto prefers epoll, which holds less memory per \
+                 connection at the same CPU per message (README, Performance); --io uring \
+                 overrides"
             ),
             _ => {}
         }

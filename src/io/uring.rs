@@ -438,6 +438,10 @@ fn pending(out: &Option<Box<Sends>>) -> usize {
 
 /// A connection's socket as a tokio byte stream, on the [`Reactor`] that
 /// polls its task.
+///
+/// Its completions poll the task it was made for ([`Reactor::add`]), not
+/// the waker of whoever polls it (no waker is registered per operation):
+/// it must stay in that task, as a connection's stream does.
 pub struct UringStream {
     conn: Rc<Conn>,
 }
