@@ -53,6 +53,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::num::NonZeroI32;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::ptr::NonNull;
@@ -134,6 +135,8 @@ const CQ_ENTRIES: u32 = 8192;
 /// 32 KiB: a 16 KiB message and its header arrive in one buffer. Only the
 /// pages the kernel wrote to become resident.
 pub const BUF_SIZE: u32 = 32 << 10;
+// A connection keeps its offset and length in a buffer as u16s (`Held`).
+const _: () = assert!(BUF_SIZE <= u16::MAX as u32);
 /// The buffer group of the provided-buffer ring.
 const BGID: u16 = 0;
 /// Staged bytes (in flight or waiting) beyond which `poll_write` waits.
@@ -377,27 +380,51 @@ enum Recv {
 #[derive(Copy, Clone, Debug)]
 struct Held {
     bid: u16,
-    off: u32,
-    len: u32,
+    /// Within the buffer: `BUF_SIZE` fits in a `u16`.
+    off: u16,
+    len: u16,
 }
 
 /// A connection's socket and its operations, shared by its stream and the
 /// reactor (which keeps it until its last completion).
+///
+/// Kept small: an idle connection holds this (`connection_state_stays_small`).
 struct Conn {
     socket: OwnedFd,
     /// In the core's `conns`.
-    key: Cell<usize>,
+    key: Cell<u32>,
     /// The task its completions poll.
-    task: Cell<usize>,
+    task: Cell<u32>,
     core: Rc<Core>,
     state: RefCell<ConnState>,
+}
+
+impl Conn {
+    fn key(&self) -> usize {
+        self.key.get() as usize
+    }
+
+    fn task(&self) -> usize {
+        self.task.get() as usize
+    }
+}
+
+/// A slab key as stored in a connection (a worker holds far fewer than
+/// 2^32 connections and tasks: one file descriptor each).
+fn key32(key: usize) -> u32 {
+    u32::try_from(key).expect("fewer than 2^32 connections per worker")
+}
+
+/// An error number from a negative completion result (never 0).
+fn errno(e: i32) -> Option<NonZeroI32> {
+    NonZeroI32::new(e)
 }
 
 struct ConnState {
     recv: Recv,
     received: Option<Held>,
     eof: bool,
-    read_error: Option<i32>,
+    read_error: Option<NonZeroI32>,
     /// Operations in flight (receive, send).
     ops: u8,
     /// The connection's send buffers while it has bytes to send (lent by
@@ -408,7 +435,7 @@ struct ConnState {
     flushing: bool,
     /// The task waits for a send to complete.
     want_write: bool,
-    write_error: Option<i32>,
+    write_error: Option<NonZeroI32>,
     /// The stream was dropped: cancelled, removed at its last completion.
     dropped: bool,
 }
@@ -519,7 +546,7 @@ impl Core {
             .buf_group(BGID)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(user_data(conn.key.get(), RECV));
+            .user_data(user_data(conn.key(), RECV));
         // SAFETY: the kernel writes into a provided buffer of `bufs`, which
         // stays allocated until every operation completed (the teardown);
         // the socket stays open while the operation is in flight (`ops`
@@ -550,7 +577,7 @@ impl Core {
         let entry = opcode::Send::new(types::Fd(conn.socket.as_raw_fd()), rest.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(user_data(conn.key.get(), SEND));
+            .user_data(user_data(conn.key(), SEND));
         // SAFETY: `sending` is neither written nor dropped while
         // `send_armed` (writes go to `staged`; its box stays in `out` until
         // the completion, and the connection that owns it stays in `conns`
@@ -675,7 +702,7 @@ impl UringStream {
         let conn = &self.conn;
         let mut state = self.state();
         if let Some(e) = state.write_error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e.get())));
         }
         if cx_parts.iter().all(|part| part.is_empty()) {
             return Poll::Ready(Ok(0));
@@ -699,7 +726,7 @@ impl UringStream {
         }
         if n > 0 && !state.flushing && !state.send_armed {
             state.flushing = true;
-            conn.core.flush.borrow_mut().push(conn.key.get());
+            conn.core.flush.borrow_mut().push(conn.key());
         }
         Poll::Ready(Ok(n))
     }
@@ -730,8 +757,9 @@ impl tokio::io::AsyncRead for UringStream {
                 std::slice::from_raw_parts(conn.core.bufs.addr(held.bid).add(held.off as usize), n)
             };
             buf.put_slice(bytes);
-            held.off += n as u32;
-            held.len -= n as u32;
+            // `n` ≤ `held.len`, a u16.
+            held.off += n as u16;
+            held.len -= n as u16;
             if held.len == 0 {
                 let bid = held.bid;
                 state.received = None;
@@ -740,7 +768,7 @@ impl tokio::io::AsyncRead for UringStream {
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = state.read_error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e.get())));
         }
         if state.eof {
             return Poll::Ready(Ok(()));
@@ -783,7 +811,7 @@ impl tokio::io::AsyncWrite for UringStream {
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.state();
         if let Some(e) = state.write_error {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
+            return Poll::Ready(Err(io::Error::from_raw_os_error(e.get())));
         }
         if state.out.as_ref().is_none_or(|out| out.staged.is_empty()) && !state.send_armed {
             return Poll::Ready(Ok(()));
@@ -815,7 +843,7 @@ impl Drop for UringStream {
         }
         if state.ops == 0 {
             drop(state);
-            core.conns.borrow_mut().try_remove(conn.key.get());
+            core.conns.borrow_mut().try_remove(conn.key());
             return;
         }
         let cancel = types::CancelBuilder::fd(types::Fd(conn.socket.as_raw_fd())).all();
@@ -977,8 +1005,8 @@ impl Reactor {
     ) {
         let conn = Rc::new(Conn {
             socket,
-            key: Cell::new(usize::MAX),
-            task: Cell::new(usize::MAX),
+            key: Cell::new(u32::MAX),
+            task: Cell::new(u32::MAX),
             core: self.core.clone(),
             state: RefCell::new(ConnState {
                 recv: Recv::Idle,
@@ -995,7 +1023,7 @@ impl Reactor {
             }),
         });
         conn.key
-            .set(self.core.conns.borrow_mut().insert(conn.clone()));
+            .set(key32(self.core.conns.borrow_mut().insert(conn.clone())));
         let future = Box::pin(make(UringStream { conn: conn.clone() }));
         self.incoming.borrow_mut().push(Incoming {
             future,
@@ -1024,7 +1052,7 @@ impl Reactor {
             let key = slots.vacant_entry().key();
             match owner {
                 Owner::None => {}
-                Owner::Conn(conn) => conn.task.set(key),
+                Owner::Conn(conn) => conn.task.set(key32(key)),
                 Owner::Listener(listener) => listener.task.set(key),
             }
             let waker = Waker::from(Arc::new(TaskWaker {
@@ -1242,7 +1270,8 @@ impl Reactor {
                 state.received = Some(Held {
                     bid,
                     off: 0,
-                    len: (n as u32).min(BUF_SIZE),
+                    // At most `BUF_SIZE`, which fits in a u16.
+                    len: (n as u32).min(BUF_SIZE) as u16,
                 });
             }
             (0, _) => state.eof = true,
@@ -1253,9 +1282,9 @@ impl Reactor {
             }
             // Re-armed by the next read.
             (e, _) if e == -libc::EINTR || e == -libc::EAGAIN || e == -libc::ECANCELED => {}
-            (e, _) if e < 0 => state.read_error = Some(-e),
+            (e, _) if e < 0 => state.read_error = errno(-e),
             // Bytes without a buffer cannot happen with buffer select.
-            _ => state.read_error = Some(libc::EIO),
+            _ => state.read_error = errno(libc::EIO),
         }
         if let (Some(bid), None) = (bid, state.received) {
             core.bufs.put(bid);
@@ -1270,7 +1299,7 @@ impl Reactor {
             }
             return;
         }
-        queue(slots, run, conn.task.get());
+        queue(slots, run, conn.task());
     }
 
     /// A send of connection `key` completed.
@@ -1286,7 +1315,7 @@ impl Reactor {
                 out.sent += res as usize;
             }
         } else if res != -libc::EINTR && res != -libc::EAGAIN {
-            state.write_error = Some(if res == -libc::ECANCELED {
+            state.write_error = errno(if res == -libc::ECANCELED {
                 libc::EPIPE
             } else {
                 -res
@@ -1310,7 +1339,7 @@ impl Reactor {
             && (state.write_error.is_some() || pending < WRITE_HIGH_WATER || !state.send_armed)
         {
             state.want_write = false;
-            queue(slots, run, conn.task.get());
+            queue(slots, run, conn.task());
         }
     }
 
@@ -1626,7 +1655,7 @@ mod tests {
         let block = 2 * size_of::<usize>() + size_of::<Conn>();
         let entry = size_of::<Rc<Conn>>() + size_of::<usize>();
         eprintln!("Rc<Conn> block {block} B, slab entry {entry} B");
-        assert!(block <= 112, "Rc<Conn> block {block} B");
+        assert!(block <= 80, "Rc<Conn> block {block} B");
         assert!(entry <= 16, "slab entry {entry} B");
     }
 }
