@@ -333,6 +333,7 @@ mod tests {
             assert_eq!(parsed.write_timeout, default.write_timeout);
             assert_eq!(parsed.drain_timeout, default.drain_timeout);
             assert_eq!(parsed.io, default.io);
+            assert_eq!(parsed.recv_buffers, default.recv_buffers);
             assert_eq!(parsed.max_lifetime, default.max_lifetime);
             assert_eq!(parsed.max_lifetime_jitter, default.max_lifetime_jitter);
             assert_eq!(
@@ -359,6 +360,15 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         let c = Config::parse_from(["ringws", "--max-buffered-bytes", "64MiB"]);
         assert_eq!(c.max_buffered_bytes, Some(64 << 20));
+    }
+
+    #[test]
+    fn receive_buffers_are_a_power_of_two() {
+        assert_eq!(parse_buffers("16"), Ok(16));
+        assert_eq!(parse_buffers("32768"), Ok(32768));
+        for bad in ["0", "100", "65536", "-1", "x"] {
+            assert!(parse_buffers(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -45,12 +45,13 @@ impl fmt::Display for Backend {
 ///
 /// Decided by measurement (docs/performance.md, "io_uring"; re-measure on
 /// your kernel with `benches/compare.sh`): on this machine's kernel (6.18)
-/// the io_uring loop costs less server CPU per message than epoll at 20 B
-/// and 1 KiB (0.89×, 0.88×) but more at 16 KiB (1.07×: each message is
-/// copied out of a provided buffer and into a send buffer, which epoll's
-/// `recv` and `send` do not need) and as much per handshake (1.02×), and it
-/// holds 653 bytes per idle connection against epoll's 420. Memory per
-/// connection is what sets the replica count, so epoll stays the default.
+/// the io_uring loop costs as much server CPU per message as epoll at 20 B
+/// and 1 KiB (0.95×, 1.00×) and per handshake (0.94×), more at 16 KiB
+/// (1.13×: each message is copied out of a provided buffer and into a send
+/// buffer, which epoll's `recv` and `send` do not need), and it holds more
+/// memory per idle connection (570–635 bytes against epoll's 414–420).
+/// Memory per connection is what sets the replica count, so epoll stays
+/// the default.
 pub const AUTO_PREFERS: Backend = Backend::Epoll;
 
 /// The outcome of [`choose`].
