@@ -1192,18 +1192,23 @@ impl Reactor {
         self.take_woken()
     }
 
+    /// Takes every completion out of the queue into `completions` (user
+    /// data, result, flags).
+    fn reap(&self) -> std::cell::RefMut<'_, Vec<(u64, i32, u32)>> {
+        let mut completions = self.completions.borrow_mut();
+        completions.clear();
+        let mut ring = self.core.ring.borrow_mut();
+        completions.extend(
+            ring.completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        completions
+    }
+
     /// Reaps and processes the completions; queues the tasks they concern.
     /// True if the timers' timeout expired.
     fn complete(&self) -> bool {
-        let mut completions = self.completions.borrow_mut();
-        completions.clear();
-        {
-            let mut ring = self.core.ring.borrow_mut();
-            completions.extend(
-                ring.completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-        }
+        let completions = self.reap();
         let mut slots = self.slots.borrow_mut();
         let mut run = self.run.borrow_mut();
         let mut timer = false;
@@ -1431,15 +1436,7 @@ impl Reactor {
     /// Completions during teardown: only the connections' state matters
     /// (nothing is re-armed, no task is left).
     fn complete_at_teardown(&self) {
-        let mut completions = self.completions.borrow_mut();
-        completions.clear();
-        {
-            let mut ring = self.core.ring.borrow_mut();
-            completions.extend(
-                ring.completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-        }
+        let completions = self.reap();
         let mut slots = self.slots.borrow_mut();
         let mut run = self.run.borrow_mut();
         for &(data, res, flags) in completions.iter() {
